@@ -1,0 +1,370 @@
+package sprocketspg
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math"
+	"net/url"
+	"os"
+	"reflect"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/caarlos0/env/v10"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/sprockets/sprocketspg/internal/redact"
+)
+
+// Config holds the settings of a Pool. LoadConfig fills it from POSTGRES_*
+// environment variables; code may change any field before the pool is
+// built (with fx.Decorate or fx.Replace under fx, or directly before New).
+//
+// Printing a Config with fmt, zap or encoding/json never shows the
+// password held in URL.
+type Config struct {
+	// URL is the server to connect to: a postgres:// or postgresql:// URL,
+	// a postgresql+srv:// or aws+srv:// URL resolved through DNS SRV
+	// records, or a libpq keyword/value string. Required.
+	URL string `env:"POSTGRES_URL"`
+
+	// MaxPoolSize is the most connections the pool opens at once.
+	MaxPoolSize int `env:"POSTGRES_MAX_POOL_SIZE" envDefault:"10"`
+
+	// MinPoolSize is the number of connections opened at start and kept
+	// open while the pool is idle.
+	MinPoolSize int `env:"POSTGRES_MIN_POOL_SIZE" envDefault:"1"`
+
+	// ConnectionTimeout bounds the time spent establishing one connection,
+	// and the time start-up keeps retrying an unreachable server.
+	ConnectionTimeout time.Duration `env:"POSTGRES_CONNECTION_TIMEOUT" envDefault:"10s"`
+
+	// ConnectionTTL is the age after which a connection is closed and
+	// replaced (with up to 10% random jitter, so connections opened
+	// together are not all recycled at once).
+	ConnectionTTL time.Duration `env:"POSTGRES_CONNECTION_TTL" envDefault:"300s"`
+
+	// QueryTimeout is the server-side statement_timeout of every
+	// connection. A caller's context deadline that is earlier wins.
+	QueryTimeout time.Duration `env:"POSTGRES_QUERY_TIMEOUT" envDefault:"60s"`
+
+	// HStore registers the hstore extension's type on every new
+	// connection, so hstore values decode to map[string]*string.
+	HStore bool `env:"POSTGRES_HSTORE" envDefault:"false"`
+
+	// JSON decodes json and jsonb values in query results; when false they
+	// come back as the JSON text.
+	JSON bool `env:"POSTGRES_JSON" envDefault:"false"`
+
+	// UUID returns uuid values as github.com/google/uuid.UUID; when false
+	// they come back in their string form.
+	UUID bool `env:"POSTGRES_UUID" envDefault:"true"`
+}
+
+// Environment variable names, for error messages and documentation.
+const (
+	EnvURL               = "POSTGRES_URL"
+	EnvMaxPoolSize       = "POSTGRES_MAX_POOL_SIZE"
+	EnvMinPoolSize       = "POSTGRES_MIN_POOL_SIZE"
+	EnvConnectionTimeout = "POSTGRES_CONNECTION_TIMEOUT"
+	EnvConnectionTTL     = "POSTGRES_CONNECTION_TTL"
+	EnvQueryTimeout      = "POSTGRES_QUERY_TIMEOUT"
+	EnvHStore            = "POSTGRES_HSTORE"
+	EnvJSON              = "POSTGRES_JSON"
+	EnvUUID              = "POSTGRES_UUID"
+)
+
+// ErrInvalidConfig is matched by every error LoadConfig and Validate return
+// for a bad setting: errors.Is(err, ErrInvalidConfig).
+var ErrInvalidConfig = errors.New("invalid postgres configuration")
+
+// ConfigError describes one bad setting. Variable is the environment
+// variable that holds it (also when the value was set in code), Value the
+// offending value with any password masked.
+type ConfigError struct {
+	Variable string
+	Value    string
+	Reason   string
+	Err      error
+}
+
+// Error reports the variable, the value it got and why it was refused.
+func (e *ConfigError) Error() string {
+	var b strings.Builder
+	b.WriteString("invalid ")
+	b.WriteString(e.Variable)
+	if e.Value != "" {
+		b.WriteString(" ")
+		b.WriteString(strconv.Quote(e.Value))
+	}
+	b.WriteString(": ")
+	b.WriteString(e.Reason)
+	if e.Err != nil {
+		b.WriteString(": ")
+		b.WriteString(e.Err.Error())
+	}
+	return b.String()
+}
+
+// Unwrap returns the underlying parse error, if any.
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+// Is reports whether target is ErrInvalidConfig.
+func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig }
+
+// LoadConfig reads the POSTGRES_* environment variables into a Config,
+// applying the defaults of the configuration table for unset ones.
+//
+// Durations accept plain seconds ("10", "1.5") as well as Go durations
+// ("1500ms"); booleans accept y, yes, t, true, on, 1 and n, no, f, false,
+// off, 0 in any case. A value that does not parse is an error that names
+// the variable and the value. LoadConfig does not require POSTGRES_URL, so
+// that code can supply it; Validate does. A variable set to the empty
+// string counts as unset.
+func LoadConfig() (Config, error) {
+	return loadConfig(env.Options{})
+}
+
+// loadConfig is LoadConfig with the environment injectable, for tests.
+func loadConfig(opts env.Options) (Config, error) {
+	var cfg Config
+	opts.FuncMap = map[reflect.Type]env.ParserFunc{
+		reflect.TypeOf(time.Duration(0)): func(v string) (any, error) { return parseSeconds(v) },
+		reflect.TypeOf(false):            func(v string) (any, error) { return parseBool(v) },
+		reflect.TypeOf(0):                func(v string) (any, error) { return parseInt(v) },
+	}
+	err := env.ParseWithOptions(&cfg, opts)
+	if err == nil {
+		return cfg, nil
+	}
+	return Config{}, translateEnvError(err, opts)
+}
+
+// translateEnvError turns env's field-named errors into ConfigErrors that
+// name the variable and the raw value.
+func translateEnvError(err error, opts env.Options) error {
+	params, perr := env.GetFieldParamsWithOptions(&Config{}, env.Options{})
+	if perr != nil {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	var agg env.AggregateError
+	if !errors.As(err, &agg) {
+		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+	}
+	t := reflect.TypeOf(Config{})
+	var out []error
+	for _, e := range agg.Errors {
+		var pe env.ParseError
+		if !errors.As(e, &pe) {
+			out = append(out, fmt.Errorf("%w: %w", ErrInvalidConfig, e))
+			continue
+		}
+		variable := pe.Name
+		for i := 0; i < t.NumField(); i++ {
+			if t.Field(i).Name == pe.Name {
+				variable = params[i].Key
+			}
+		}
+		raw := lookupEnv(opts, variable)
+		if variable == EnvURL {
+			raw = redact.ConnString(raw)
+		}
+		ce := &ConfigError{Variable: variable, Value: raw, Reason: describeType(pe.Type)}
+		var reason *parseReason
+		if errors.As(pe.Err, &reason) {
+			ce.Reason = reason.msg
+		} else {
+			ce.Err = pe.Err
+		}
+		out = append(out, ce)
+	}
+	return errors.Join(out...)
+}
+
+func lookupEnv(opts env.Options, key string) string {
+	if opts.Environment != nil {
+		return opts.Environment[key]
+	}
+	return os.Getenv(key)
+}
+
+func describeType(t reflect.Type) string {
+	switch t.Kind() {
+	case reflect.Int, reflect.Int64, reflect.Int32:
+		return "want a whole number"
+	default:
+		return "want a " + t.String()
+	}
+}
+
+// parseReason is a parse failure whose message already says what was
+// expected, so it is not followed by strconv's text.
+type parseReason struct{ msg string }
+
+func (r *parseReason) Error() string { return r.msg }
+
+// parseSeconds accepts seconds as a number, the way the Python original
+// read its timeouts, or a Go duration string.
+func parseSeconds(v string) (time.Duration, error) {
+	s := strings.TrimSpace(v)
+	if f, err := strconv.ParseFloat(s, 64); err == nil {
+		if math.IsNaN(f) || math.IsInf(f, 0) || math.Abs(f) > math.MaxInt64/float64(time.Second) {
+			return 0, &parseReason{"want seconds (10, 1.5) or a Go duration (1500ms) in range"}
+		}
+		return time.Duration(f * float64(time.Second)), nil
+	}
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		return 0, &parseReason{"want seconds (10, 1.5) or a Go duration (1500ms)"}
+	}
+	return d, nil
+}
+
+// parseInt accepts a whole number in decimal.
+func parseInt(v string) (int, error) {
+	n, err := strconv.Atoi(strings.TrimSpace(v))
+	if err != nil {
+		return 0, &parseReason{"want a whole number"}
+	}
+	return n, nil
+}
+
+// parseBool accepts what Python's distutils strtobool accepted.
+func parseBool(v string) (bool, error) {
+	switch strings.ToLower(strings.TrimSpace(v)) {
+	case "y", "yes", "t", "true", "on", "1":
+		return true, nil
+	case "n", "no", "f", "false", "off", "0":
+		return false, nil
+	}
+	return false, &parseReason{"want one of y, yes, t, true, on, 1, n, no, f, false, off, 0"}
+}
+
+// validSchemes are the URL schemes Validate accepts.
+var validSchemes = map[string]bool{
+	"postgres":       true,
+	"postgresql":     true,
+	"postgresql+srv": true,
+	"aws+srv":        true,
+}
+
+// Validate reports every setting that cannot work, joined into one error;
+// each part is a *ConfigError that names its environment variable. It
+// returns nil for a usable Config.
+func (c Config) Validate() error {
+	var errs []error
+	bad := func(variable, value, reason string) {
+		errs = append(errs, &ConfigError{Variable: variable, Value: value, Reason: reason})
+	}
+	if err := validateURL(c.URL); err != nil {
+		errs = append(errs, err)
+	}
+	if c.MaxPoolSize < 1 {
+		bad(EnvMaxPoolSize, strconv.Itoa(c.MaxPoolSize), "must be at least 1")
+	}
+	if c.MinPoolSize < 0 {
+		bad(EnvMinPoolSize, strconv.Itoa(c.MinPoolSize), "must not be negative")
+	}
+	if c.MaxPoolSize >= 1 && c.MinPoolSize > c.MaxPoolSize {
+		bad(EnvMinPoolSize, strconv.Itoa(c.MinPoolSize),
+			fmt.Sprintf("must not exceed %s (%d)", EnvMaxPoolSize, c.MaxPoolSize))
+	}
+	if c.MaxPoolSize > math.MaxInt32 {
+		bad(EnvMaxPoolSize, strconv.Itoa(c.MaxPoolSize), "is too large")
+	}
+	for _, d := range []struct {
+		variable string
+		value    time.Duration
+	}{
+		{EnvConnectionTimeout, c.ConnectionTimeout},
+		{EnvConnectionTTL, c.ConnectionTTL},
+		{EnvQueryTimeout, c.QueryTimeout},
+	} {
+		if d.value <= 0 {
+			bad(d.variable, d.value.String(), "must be greater than zero")
+		}
+	}
+	if c.QueryTimeout > 0 && c.QueryTimeout < time.Millisecond {
+		bad(EnvQueryTimeout, c.QueryTimeout.String(), "must be at least 1ms (statement_timeout counts milliseconds)")
+	}
+	return errors.Join(errs...)
+}
+
+func validateURL(raw string) error {
+	if strings.TrimSpace(raw) == "" {
+		return &ConfigError{
+			Variable: EnvURL,
+			Reason:   "is required: set it to the server's URL, for example postgresql://user@localhost:5432/dbname",
+		}
+	}
+	if !strings.Contains(raw, "://") {
+		// A libpq keyword/value string: pgx checks its syntax when the pool
+		// is built; here it need only look like key=value pairs.
+		if !strings.Contains(raw, "=") {
+			return &ConfigError{Variable: EnvURL, Value: redact.ConnString(raw),
+				Reason: "want a URL (postgresql://...) or a libpq keyword/value string (host=... dbname=...)"}
+		}
+		return nil
+	}
+	scheme := strings.ToLower(raw[:strings.Index(raw, "://")])
+	if !validSchemes[scheme] {
+		return &ConfigError{Variable: EnvURL, Value: redact.ConnString(raw),
+			Reason: fmt.Sprintf("unsupported scheme %q: want postgres, postgresql, postgresql+srv or aws+srv", scheme)}
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		// url.Parse quotes the input in its message; keep only its reason.
+		var ue *url.Error
+		reason := "not a valid URL"
+		if errors.As(err, &ue) {
+			reason = "not a valid URL: " + ue.Err.Error()
+		}
+		return &ConfigError{Variable: EnvURL, Value: redact.ConnString(raw), Reason: reason}
+	}
+	if strings.HasSuffix(scheme, "+srv") && u.Host == "" {
+		return &ConfigError{Variable: EnvURL, Value: redact.ConnString(raw),
+			Reason: "an SRV URL needs a host name to look up"}
+	}
+	return nil
+}
+
+// String returns the Config with the URL's password masked.
+func (c Config) String() string {
+	return fmt.Sprintf("{URL:%s MaxPoolSize:%d MinPoolSize:%d ConnectionTimeout:%s ConnectionTTL:%s QueryTimeout:%s HStore:%t JSON:%t UUID:%t}",
+		redact.ConnString(c.URL), c.MaxPoolSize, c.MinPoolSize, c.ConnectionTimeout,
+		c.ConnectionTTL, c.QueryTimeout, c.HStore, c.JSON, c.UUID)
+}
+
+// Format makes every fmt verb (%v, %+v, %#v, %s) print the masked form.
+func (c Config) Format(f fmt.State, verb rune) {
+	if verb == 'v' && f.Flag('#') {
+		fmt.Fprintf(f, "sprocketspg.Config%s", c.String())
+		return
+	}
+	fmt.Fprint(f, c.String())
+}
+
+// MarshalLogObject writes the Config to a zap log entry, password masked.
+func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
+	enc.AddString("url", redact.ConnString(c.URL))
+	enc.AddInt("max_pool_size", c.MaxPoolSize)
+	enc.AddInt("min_pool_size", c.MinPoolSize)
+	enc.AddDuration("connection_timeout", c.ConnectionTimeout)
+	enc.AddDuration("connection_ttl", c.ConnectionTTL)
+	enc.AddDuration("query_timeout", c.QueryTimeout)
+	enc.AddBool("hstore", c.HStore)
+	enc.AddBool("json", c.JSON)
+	enc.AddBool("uuid", c.UUID)
+	return nil
+}
+
+// MarshalJSON encodes the Config with the URL's password masked, so that
+// reflection-based encoders (zap.Reflect, debug endpoints) cannot leak it.
+func (c Config) MarshalJSON() ([]byte, error) {
+	type plain Config // drops the methods, avoiding recursion
+	p := plain(c)
+	p.URL = redact.ConnString(c.URL)
+	return json.Marshal(p)
+}

@@ -1,0 +1,90 @@
+package sprocketspg
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/puddle/v2"
+)
+
+// ErrNotConnected is returned by Pool methods called before the pool has
+// started or after it has begun to stop.
+var ErrNotConnected = errors.New("postgres pool is not connected")
+
+// SQLSTATE codes the helpers below test for.
+// https://www.postgresql.org/docs/current/errcodes-appendix.html
+const (
+	codeUniqueViolation      = "23505"
+	codeForeignKeyViolation  = "23503"
+	codeQueryCanceled        = "57014"
+	codeWrongObjectType      = "42809"
+	codeAdminShutdown        = "57P01"
+	codeCrashShutdown        = "57P02"
+	codeCannotConnectNow     = "57P03"
+	codeTooManyConnections   = "53300"
+	classConnectionException = "08"
+)
+
+// IsUniqueViolation reports whether err (or any error it wraps) is a
+// PostgreSQL unique_violation (SQLSTATE 23505). The original library
+// answered these with HTTP 409 Conflict.
+func IsUniqueViolation(err error) bool { return hasCode(err, codeUniqueViolation) }
+
+// IsForeignKeyViolation reports whether err is a PostgreSQL
+// foreign_key_violation (SQLSTATE 23503), answered with 409 Conflict by the
+// original library.
+func IsForeignKeyViolation(err error) bool { return hasCode(err, codeForeignKeyViolation) }
+
+// IsQueryTimeout reports whether err means a query ran out of time: the
+// server cancelled it (statement_timeout or a cancel request, SQLSTATE
+// 57014) or the caller's context deadline passed.
+func IsQueryTimeout(err error) bool {
+	if err == nil {
+		return false
+	}
+	return hasCode(err, codeQueryCanceled) ||
+		errors.Is(err, context.DeadlineExceeded) ||
+		pgconn.Timeout(err)
+}
+
+// IsConnectionError reports whether err means the server could not be
+// reached or the connection was lost: dial and network failures, a
+// closed pool (puddle.ErrClosedPool), ErrNotConnected, and the SQLSTATEs of a server that is
+// shutting down, starting up or out of connections (class 08, 57P01,
+// 57P02, 57P03, 53300). The original library answered these with 503.
+func IsConnectionError(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrNotConnected) || errors.Is(err, puddle.ErrClosedPool) {
+		return true
+	}
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case codeAdminShutdown, codeCrashShutdown, codeCannotConnectNow, codeTooManyConnections:
+			return true
+		}
+		return len(pgErr.Code) == 5 && pgErr.Code[:2] == classConnectionException
+	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		return true
+	}
+	var netErr net.Error
+	if errors.As(err, &netErr) {
+		return true
+	}
+	// A connection closed underneath a query surfaces as an io error, a
+	// closed-conn error, or one pgconn marks safe to retry.
+	return pgconn.SafeToRetry(err) || errors.Is(err, pgconn.ErrConnClosed) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF)
+}
+
+func hasCode(err error, code string) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == code
+}

@@ -1,0 +1,26 @@
+package sprocketspg
+
+import "go.uber.org/fx"
+
+// NewPool builds the Pool for Module from its Params and ties it to the
+// application's lifecycle: OnStart connects (retrying until the
+// connection timeout), OnStop marks the pool not connected and closes it
+// within the stop context. It does no I/O itself and returns an error
+// matching ErrInvalidConfig, naming the environment variable, when the
+// Config cannot work.
+func NewPool(p Params) (Result, error) {
+	opts := make([]Option, 0, len(p.Options)+1)
+	if p.Logger != nil {
+		opts = append(opts, WithLogger(p.Logger))
+	}
+	opts = append(opts, p.Options...)
+	pool, err := newPool(p.Config, opts...)
+	if err != nil {
+		return Result{}, err
+	}
+	p.Lifecycle.Append(fx.Hook{
+		OnStart: pool.start,
+		OnStop:  pool.Shutdown,
+	})
+	return Result{Pool: pool}, nil
+}

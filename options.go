@@ -1,0 +1,45 @@
+package sprocketspg
+
+import (
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+)
+
+// An Option changes how New and Module build a Pool.
+type Option interface {
+	apply(*options)
+}
+
+type options struct {
+	logger      *zap.Logger
+	poolConfigs []func(*pgxpool.Config)
+}
+
+type optionFunc func(*options)
+
+func (f optionFunc) apply(o *options) { f(o) }
+
+// WithLogger sends the pool's logs to logger. Without it the pool logs
+// nothing.
+func WithLogger(logger *zap.Logger) Option {
+	return optionFunc(func(o *options) {
+		if logger != nil {
+			o.logger = logger
+		}
+	})
+}
+
+// WithPoolConfig calls fn with the pgxpool configuration after every
+// setting from Config has been applied and before the pool is built: the
+// escape hatch for tracers, dialers, TLS and hooks. Several are applied in
+// order.
+//
+// An AfterConnect that fn sets runs after the pool's own, which registers
+// the types Config asks for, so the two compose.
+func WithPoolConfig(fn func(*pgxpool.Config)) Option {
+	return optionFunc(func(o *options) {
+		if fn != nil {
+			o.poolConfigs = append(o.poolConfigs, fn)
+		}
+	})
+}

@@ -1,0 +1,43 @@
+package sprocketspg
+
+import (
+	"go.uber.org/fx"
+	"go.uber.org/zap"
+)
+
+// OptionsGroup is the fx value group whose Options Module applies to the
+// pool, after its own. Use ProvideOptions to add to it.
+const OptionsGroup = "sprocketspg_options"
+
+// Params are the inputs of NewPool. Fields added later will be optional,
+// so code that builds Params by hand keeps compiling.
+type Params struct {
+	fx.In
+
+	Config    Config
+	Lifecycle fx.Lifecycle
+
+	// Logger receives the pool's logs; without one the pool logs nothing.
+	Logger *zap.Logger `optional:"true"`
+
+	// Options come from the OptionsGroup value group.
+	Options []Option `group:"sprocketspg_options"`
+}
+
+// Result is what NewPool provides.
+type Result struct {
+	fx.Out
+
+	Pool *Pool
+}
+
+// ProvideOptions adds opts to the OptionsGroup value group, so Module
+// applies them when it builds the pool; for example
+// ProvideOptions(WithPoolConfig(func(c *pgxpool.Config) { c.ConnConfig.Tracer = t })).
+func ProvideOptions(opts ...Option) fx.Option {
+	provides := make([]fx.Option, 0, len(opts))
+	for _, opt := range opts {
+		provides = append(provides, fx.Supply(fx.Annotate(opt, fx.As(new(Option)), fx.ResultTags(`group:"sprocketspg_options"`))))
+	}
+	return fx.Options(provides...)
+}

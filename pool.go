@@ -1,0 +1,436 @@
+package sprocketspg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
+	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+
+	"github.com/sprockets/sprocketspg/internal/redact"
+)
+
+// statusTimeout bounds the SELECT 1 of Status, as in the Python original.
+const statusTimeout = 3 * time.Second
+
+// Pool is a PostgreSQL connection pool configured from a Config. It embeds
+// *pgxpool.Pool, so every pgx method is available once the pool has
+// started; the embedded pointer is nil before that, and only the methods
+// declared on Pool itself (Execute, Callproc, Status, IsConnected, Close,
+// Shutdown) are safe to call at any time.
+//
+// A Pool starts once and stops once; it cannot be restarted.
+type Pool struct {
+	*pgxpool.Pool
+
+	cfg        Config
+	logger     *zap.Logger
+	poolConfig *pgxpool.Config
+	target     string // host:port list, database and user, for errors and logs
+	password   string // scrubbed from every error text
+
+	mu        sync.Mutex // serialises start and stop
+	started   bool
+	pool      atomic.Pointer[pgxpool.Pool]
+	connected atomic.Bool
+
+	// procedures remembers routine names that turned out to be procedures,
+	// so Callproc uses CALL for them without a failed SELECT first.
+	procedures sync.Map
+}
+
+// Status is a snapshot of the pool's health, shaped like the Python
+// original's postgres_status().
+type Status struct {
+	// Available is true when a SELECT 1 through the pool succeeded within
+	// three seconds.
+	Available bool
+	// PoolSize is the number of open connections.
+	PoolSize int
+	// PoolFree is the number of idle connections.
+	PoolFree int
+	// Err says why Available is false; nil when it is true.
+	Err error
+}
+
+// New builds a Pool from cfg, connects and pings the server, retrying
+// until cfg.ConnectionTimeout has passed or ctx ends, and returns the
+// started pool. It is the way to use sprocketspg without fx; release the
+// pool with Close or Shutdown.
+//
+// New returns an error matching ErrInvalidConfig for a bad cfg, and an
+// error naming the server (never the password) when it cannot connect.
+func New(ctx context.Context, cfg Config, opts ...Option) (*Pool, error) {
+	p, err := newPool(cfg, opts...)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.start(ctx); err != nil {
+		return nil, err
+	}
+	return p, nil
+}
+
+// newPool validates cfg and prepares the pgxpool configuration. It does
+// no I/O.
+func newPool(cfg Config, opts ...Option) (*Pool, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	var o options
+	for _, opt := range opts {
+		opt.apply(&o)
+	}
+	if o.logger == nil {
+		o.logger = zap.NewNop()
+	}
+	if scheme, _, ok := strings.Cut(cfg.URL, "://"); ok && strings.HasSuffix(strings.ToLower(scheme), "+srv") {
+		return nil, &ConfigError{Variable: EnvURL, Value: redact.ConnString(cfg.URL),
+			Reason: fmt.Sprintf("scheme %q needs SRV discovery, which this build does not include", scheme)}
+	}
+	pc, err := pgxpool.ParseConfig(cfg.URL)
+	if err != nil {
+		return nil, &ConfigError{Variable: EnvURL, Value: redact.ConnString(cfg.URL),
+			Reason: "cannot be parsed", Err: redact.Error(err, redact.Password(cfg.URL))}
+	}
+	applyConfig(pc, cfg)
+	ours := pc.AfterConnect
+	for _, fn := range o.poolConfigs {
+		pc.AfterConnect = nil
+		fn(pc)
+		if theirs := pc.AfterConnect; theirs != nil {
+			prev := ours
+			ours = func(ctx context.Context, conn *pgx.Conn) error {
+				if err := prev(ctx, conn); err != nil {
+					return err
+				}
+				return theirs(ctx, conn)
+			}
+		}
+	}
+	pc.AfterConnect = ours
+	return &Pool{
+		cfg:        cfg,
+		logger:     o.logger,
+		poolConfig: pc,
+		target:     describeTarget(pc.ConnConfig),
+		password:   pc.ConnConfig.Password,
+	}, nil
+}
+
+// applyConfig copies the Config's settings onto a pgxpool configuration.
+func applyConfig(pc *pgxpool.Config, cfg Config) {
+	pc.MaxConns = int32(cfg.MaxPoolSize)
+	pc.MinConns = int32(cfg.MinPoolSize)
+	pc.MaxConnLifetime = cfg.ConnectionTTL
+	pc.MaxConnLifetimeJitter = cfg.ConnectionTTL / 10
+	if pc.HealthCheckPeriod > cfg.ConnectionTTL {
+		// Idle connections past their TTL are only found by the health
+		// check; keep its period within the TTL.
+		pc.HealthCheckPeriod = cfg.ConnectionTTL
+	}
+	pc.ConnConfig.ConnectTimeout = cfg.ConnectionTimeout
+
+	// statement_timeout travels in the startup message, so setting it costs
+	// no round trip.
+	pc.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(cfg.QueryTimeout.Milliseconds(), 10)
+
+	// When a caller's context ends mid-query, ask the server to cancel the
+	// query instead of closing the connection: the server stops working
+	// and the connection stays usable. The deadline is the backstop for a
+	// server that does not answer the cancel request.
+	deadlineDelay := cfg.ConnectionTimeout
+	pc.ConnConfig.BuildContextWatcherHandler = func(conn *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: conn, DeadlineDelay: deadlineDelay}
+	}
+
+	pc.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
+		return registerTypes(ctx, conn, cfg)
+	}
+}
+
+// describeTarget names the server(s) and database of a connection config
+// for errors and logs; it never includes the password.
+func describeTarget(c *pgx.ConnConfig) string {
+	hosts := []string{hostPort(c.Host, c.Port)}
+	for _, fb := range c.Fallbacks {
+		hp := hostPort(fb.Host, fb.Port)
+		if hp != hosts[len(hosts)-1] {
+			hosts = append(hosts, hp)
+		}
+	}
+	return fmt.Sprintf("%s (database %q, user %q)", strings.Join(hosts, ","), c.Database, c.User)
+}
+
+func hostPort(host string, port uint16) string {
+	if strings.HasPrefix(host, "/") {
+		return host + "/.s.PGSQL." + strconv.Itoa(int(port))
+	}
+	return net.JoinHostPort(host, strconv.Itoa(int(port)))
+}
+
+// start connects the pool: it builds the pgxpool, pings the server with
+// backoff until the connection timeout or ctx ends, opens MinPoolSize
+// connections and marks the pool connected.
+func (p *Pool) start(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.started {
+		return errors.New("start postgres pool: already started")
+	}
+	p.started = true
+	began := time.Now()
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectionTimeout)
+	defer cancel()
+
+	pool, err := pgxpool.NewWithConfig(ctx, p.poolConfig)
+	if err != nil {
+		return p.scrub(fmt.Errorf("create postgres pool for %s: %w", p.target, err))
+	}
+	if err := p.connect(ctx, pool); err != nil {
+		pool.Close()
+		return p.scrub(fmt.Errorf("connect to postgres at %s within %s: %w", p.target, p.cfg.ConnectionTimeout, err))
+	}
+	if err := openConnections(ctx, pool, p.cfg.MinPoolSize); err != nil {
+		pool.Close()
+		return p.scrub(fmt.Errorf("open %d connections to postgres at %s: %w", p.cfg.MinPoolSize, p.target, err))
+	}
+	p.Pool = pool
+	p.pool.Store(pool)
+	p.connected.Store(true)
+	st := pool.Stat()
+	p.logger.Info("connected to postgres",
+		zap.String("url", redact.ConnString(p.cfg.URL)),
+		zap.Int("min_pool_size", p.cfg.MinPoolSize),
+		zap.Int("max_pool_size", p.cfg.MaxPoolSize),
+		zap.Int32("open_connections", st.TotalConns()),
+		zap.Duration("elapsed", time.Since(began)))
+	return nil
+}
+
+// connect pings until the server answers. A refused or reset connection
+// is the common state of a database that is still starting, so it is
+// retried with capped, jittered backoff rather than failing start at once.
+func (p *Pool) connect(ctx context.Context, pool *pgxpool.Pool) error {
+	backoff := 50 * time.Millisecond
+	var last error
+	for attempt := 1; ; attempt++ {
+		err := pool.Ping(ctx)
+		if err == nil {
+			return nil
+		}
+		// The final attempt usually fails only because ctx ended; the
+		// error before it says why the server could not be reached.
+		if last == nil || ctx.Err() == nil || !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+			last = err
+		}
+		if ctx.Err() != nil {
+			return fmt.Errorf("%d attempts: %w", attempt, last)
+		}
+		p.logger.Debug("postgres not reachable yet, retrying",
+			zap.String("target", p.target), zap.Int("attempt", attempt),
+			zap.Error(p.scrub(err)))
+		wait := backoff/2 + rand.N(backoff/2+1)
+		timer := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			timer.Stop()
+			return fmt.Errorf("%d attempts: %w", attempt, last)
+		case <-timer.C:
+		}
+		backoff = min(backoff*2, time.Second)
+	}
+}
+
+// openConnections makes sure at least n connections are open when start
+// returns, instead of leaving pgxpool to open them in the background.
+func openConnections(ctx context.Context, pool *pgxpool.Pool, n int) error {
+	conns := make([]*pgxpool.Conn, 0, n)
+	defer func() {
+		for _, c := range conns {
+			c.Release()
+		}
+	}()
+	for range n {
+		c, err := pool.Acquire(ctx)
+		if err != nil {
+			return err
+		}
+		conns = append(conns, c)
+	}
+	return nil
+}
+
+// Shutdown marks the pool not connected, so IsConnected and Status report
+// false while in-flight queries finish, then closes every connection. It
+// returns when the pool is closed or, if queries are still running when
+// ctx ends, with an error wrapping ctx's error; the pool then finishes
+// closing in the background as they return.
+func (p *Pool) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.connected.Store(false)
+	pool := p.pool.Load()
+	if pool == nil {
+		return nil
+	}
+	done := make(chan struct{})
+	go func() {
+		pool.Close()
+		close(done)
+	}()
+	select {
+	case <-done:
+		p.logger.Info("closed postgres pool", zap.String("target", p.target))
+		return nil
+	case <-ctx.Done():
+		inUse := pool.Stat().AcquiredConns()
+		return fmt.Errorf("close postgres pool for %s: %d connections still in use when the stop deadline passed: %w",
+			p.target, inUse, ctx.Err())
+	}
+}
+
+// Close closes the pool, waiting for every acquired connection to be
+// released. It replaces pgxpool.Pool.Close so the pool is also marked not
+// connected.
+func (p *Pool) Close() {
+	_ = p.Shutdown(context.Background())
+}
+
+// IsConnected reports whether the pool has started and has not begun to
+// stop. It does no I/O; use Status to test the server.
+func (p *Pool) IsConnected() bool {
+	return p.connected.Load()
+}
+
+// Config returns the configuration the pool was built from.
+func (p *Pool) Config() Config {
+	return p.cfg
+}
+
+// Status runs SELECT 1 through the pool within three seconds (or ctx's
+// earlier deadline) and reports the outcome with the pool's size. Before
+// the pool starts and after it stops it reports Available false and sizes
+// of zero, with Err set to ErrNotConnected.
+func (p *Pool) Status(ctx context.Context) Status {
+	pool := p.pool.Load()
+	if pool == nil || !p.connected.Load() {
+		return Status{Err: ErrNotConnected}
+	}
+	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
+	defer cancel()
+	var one int
+	err := pool.QueryRow(ctx, "SELECT 1").Scan(&one)
+	st := pool.Stat()
+	return Status{
+		Available: err == nil,
+		PoolSize:  int(st.TotalConns()),
+		PoolFree:  int(st.IdleConns()),
+		Err:       p.scrub(err),
+	}
+}
+
+// Execute runs sql with args and returns its whole result. Arguments use
+// pgx's placeholders ($1, $2, ...) or a single pgx.NamedArgs (@name).
+//
+// The query is bounded by the server's statement_timeout
+// (Config.QueryTimeout) and by ctx: when ctx ends first, the server is
+// asked to cancel the query and the connection stays in the pool. A query
+// that failed before any of it reached the server (a dead connection) is
+// sent once more on another connection.
+//
+// Execute returns ErrNotConnected before start and after stop; other errors
+// wrap pgx's, so IsUniqueViolation, IsQueryTimeout and errors.As with
+// *pgconn.PgError work on them.
+func (p *Pool) Execute(ctx context.Context, sql string, args ...any) (QueryResult, error) {
+	pool, err := p.livePool()
+	if err != nil {
+		return QueryResult{}, err
+	}
+	began := time.Now()
+	res, err := runQuery(ctx, pool, sql, args)
+	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
+		res, err = runQuery(ctx, pool, sql, args)
+	}
+	return res, p.finish(ctx, "execute", began, res, err)
+}
+
+// Callproc calls the function or procedure name with args as positional
+// arguments and returns its result, the way Execute does.
+//
+// name may be schema-qualified ("billing.charge"). It follows SQL's rules
+// for identifiers, so it cannot inject SQL: unquoted parts fold to lower
+// case, and a part in double quotes ("MyFunc") is taken literally. A
+// function is called with SELECT * FROM name(...); when the server says
+// the name is a procedure, Callproc uses CALL name(...) from then on.
+func (p *Pool) Callproc(ctx context.Context, name string, args ...any) (QueryResult, error) {
+	pool, err := p.livePool()
+	if err != nil {
+		return QueryResult{}, err
+	}
+	ident, err := parseRoutineName(name)
+	if err != nil {
+		return QueryResult{}, fmt.Errorf("callproc: %w", err)
+	}
+	began := time.Now()
+	key := ident.Sanitize()
+	_, isProc := p.procedures.Load(key)
+	res, err := runQuery(ctx, pool, callSQL(ident, len(args), isProc), args)
+	if err != nil && !isProc && hasCode(err, codeWrongObjectType) {
+		p.procedures.Store(key, struct{}{})
+		res, err = runQuery(ctx, pool, callSQL(ident, len(args), true), args)
+	}
+	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
+		_, isProc = p.procedures.Load(key)
+		res, err = runQuery(ctx, pool, callSQL(ident, len(args), isProc), args)
+	}
+	return res, p.finish(ctx, "callproc "+key, began, res, err)
+}
+
+// livePool returns the pgx pool while the Pool is connected.
+func (p *Pool) livePool() (*pgxpool.Pool, error) {
+	if !p.connected.Load() {
+		return nil, ErrNotConnected
+	}
+	pool := p.pool.Load()
+	if pool == nil {
+		return nil, ErrNotConnected
+	}
+	return pool, nil
+}
+
+// finish logs the query's timing at debug and wraps its error.
+func (p *Pool) finish(ctx context.Context, op string, began time.Time, res QueryResult, err error) error {
+	if ce := p.logger.Check(zap.DebugLevel, "postgres query"); ce != nil {
+		ce.Write(
+			zap.String("metric_name", MetricName(ctx)),
+			zap.String("operation", op),
+			zap.Duration("duration", time.Since(began)),
+			zap.Int64("row_count", res.RowCount),
+			zap.Error(p.scrub(err)),
+		)
+	}
+	if err == nil {
+		return nil
+	}
+	if name := MetricName(ctx); name != "" {
+		return p.scrub(fmt.Errorf("%s %q: %w", op, name, err))
+	}
+	return p.scrub(fmt.Errorf("%s: %w", op, err))
+}
+
+// scrub removes the password from err's text.
+func (p *Pool) scrub(err error) error {
+	return redact.Error(err, p.password)
+}
