@@ -43,16 +43,15 @@ func runQuery(ctx context.Context, q querier, sql string, args []any) (QueryResu
 
 func collectResult(rows pgx.Rows) (QueryResult, error) {
 	defer rows.Close()
+	// Read the column names now: once Next returns false the pool takes the
+	// connection back, and field descriptions live on the connection.
+	fields := rows.FieldDescriptions()
+	names := make([]string, len(fields))
+	for i, f := range fields {
+		names[i] = f.Name
+	}
 	res := QueryResult{Rows: []map[string]any{}}
-	var names []string
 	for rows.Next() {
-		if names == nil {
-			fields := rows.FieldDescriptions()
-			names = make([]string, len(fields))
-			for i, f := range fields {
-				names[i] = f.Name
-			}
-		}
 		values, err := rows.Values()
 		if err != nil {
 			return QueryResult{}, err
@@ -63,11 +62,10 @@ func collectResult(rows pgx.Rows) (QueryResult, error) {
 		}
 		res.Rows = append(res.Rows, row)
 	}
-	rows.Close()
 	if err := rows.Err(); err != nil {
 		return QueryResult{}, err
 	}
-	if len(rows.FieldDescriptions()) > 0 {
+	if len(names) > 0 {
 		res.RowCount = int64(len(res.Rows))
 	} else {
 		res.RowCount = rows.CommandTag().RowsAffected()

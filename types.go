@@ -104,6 +104,30 @@ func (c *jsonTextCodec) DecodeValue(_ *pgtype.Map, _ uint32, format int16, src [
 	return string(src), nil
 }
 
+// PlanScan sends scans into *any (which is how pgx fills arrays of json
+// for Values) through DecodeValue, so array elements stay text too; pgx's
+// own codec would unmarshal them.
+func (c *jsonTextCodec) PlanScan(m *pgtype.Map, oid uint32, format int16, target any) pgtype.ScanPlan {
+	if _, ok := target.(*any); ok {
+		return jsonTextScanPlan{codec: c, format: format}
+	}
+	return c.Codec.PlanScan(m, oid, format, target)
+}
+
+type jsonTextScanPlan struct {
+	codec  *jsonTextCodec
+	format int16
+}
+
+func (p jsonTextScanPlan) Scan(src []byte, target any) error {
+	v, err := p.codec.DecodeValue(nil, 0, p.format, src)
+	if err != nil {
+		return err
+	}
+	*target.(*any) = v
+	return nil
+}
+
 // plainHstoreCodec decodes hstore values to map[string]*string rather than
 // pgtype.Hstore, so callers need not import pgtype to use them.
 type plainHstoreCodec struct{ pgtype.HstoreCodec }
