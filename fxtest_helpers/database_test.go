@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -135,18 +136,22 @@ func TestWithSchemaBuildsTemplateOnce(t *testing.T) {
 }
 
 func TestWithSchemaRebuildsIncompleteTemplate(t *testing.T) {
-	schema := "CREATE TABLE complete (v int); -- TestWithSchemaRebuildsIncompleteTemplate"
+	// The test meddles with the template without the builders' lock, so
+	// the template is its own even when test binaries share a server.
+	schema := fmt.Sprintf("CREATE TABLE complete (v int); -- TestWithSchemaRebuildsIncompleteTemplate %d", os.Getpid())
 	tmpl, _ := templateName(schema)
 	ctx := ctxT(t)
 	admin := connect(t, Server(t).AdminURL())
-	// What a builder killed half way leaves: the database, not marked.
 	ident := pgx.Identifier{tmpl}.Sanitize()
-	if exists, _ := databaseExists(t, tmpl); exists { // from an earlier -count
+	t.Cleanup(func() {
+		ctx := context.Background()
 		_, err := admin.Exec(ctx, "ALTER DATABASE "+ident+" WITH IS_TEMPLATE false")
-		require.NoError(t, err)
+		assert.NoError(t, err)
 		_, err = admin.Exec(ctx, "DROP DATABASE "+ident)
-		require.NoError(t, err)
-	}
+		assert.NoError(t, err)
+		shared.templates.Delete(tmpl)
+	})
+	// What a builder killed half way leaves: the database, not marked.
 	_, err := admin.Exec(ctx, "CREATE DATABASE "+ident)
 	require.NoError(t, err)
 	// Forget any build of this process so that the leftover is examined.

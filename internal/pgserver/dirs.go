@@ -244,8 +244,9 @@ func copyTree(src, dst string, u runUser) error {
 	// the copy overlapping; beyond 8 nothing was gained.
 	for range max(4, min(runtime.GOMAXPROCS(0), 8)) {
 		wg.Go(func() {
+			buf := make([]byte, 256<<10)
 			for j := range jobs {
-				err := copyFile(j.from, j.to, j.perm)
+				err := copyFile(j.from, j.to, j.perm, buf)
 				if err == nil {
 					err = u.chown(j.to)
 				}
@@ -304,7 +305,7 @@ func copyTree(src, dst string, u runUser) error {
 	return failed()
 }
 
-func copyFile(src, dst string, perm fs.FileMode) (err error) {
+func copyFile(src, dst string, perm fs.FileMode, buf []byte) (err error) {
 	in, err := os.Open(src)
 	if err != nil {
 		return err
@@ -319,7 +320,9 @@ func copyFile(src, dst string, perm fs.FileMode) (err error) {
 			err = cerr
 		}
 	}()
-	if _, err := io.Copy(out, in); err != nil {
+	// Hiding ReadFrom and WriteTo makes the copy use buf, where os.File's
+	// own fallback would allocate a buffer for every file.
+	if _, err := io.CopyBuffer(struct{ io.Writer }{out}, struct{ io.Reader }{in}, buf); err != nil {
 		return err
 	}
 	return out.Chmod(perm)

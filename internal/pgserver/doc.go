@@ -13,8 +13,8 @@
 // A local server keeps its data on tmpfs (/dev/shm) when it can, runs
 // without durability (fsync, synchronous_commit and full_page_writes are
 // off) and, when the caller is root, as the user nobody because PostgreSQL
-// refuses to run as root. It is killed by the kernel when the process that
-// started it dies, even by SIGKILL. Its cluster is initialised once per
+// refuses to run as root. On Linux it is killed by the kernel when the
+// process that started it dies, even by SIGKILL. Its cluster is initialised once per
 // server version and user and cached under os.UserCacheDir; later starts
 // copy the cached cluster instead of running initdb.
 //

@@ -269,3 +269,51 @@ func TestCopyTreeKeepsModes(t *testing.T) {
 	err = copyTree(src, dst, runUser{})
 	assert.True(t, errors.Is(err, os.ErrExist), "copy onto an existing directory: %v", err)
 }
+
+func TestStoreClusterConcurrently(t *testing.T) {
+	src := t.TempDir()
+	require.NoError(t, os.WriteFile(filepath.Join(src, "PG_VERSION"), []byte("15\n"), 0o600))
+	require.NoError(t, os.Mkdir(filepath.Join(src, "base"), 0o700))
+	require.NoError(t, os.WriteFile(filepath.Join(src, "base", "1"), make([]byte, 64<<10), 0o600))
+	root := filepath.Join(t.TempDir(), "cache")
+
+	errs := make(chan error, 8)
+	for range cap(errs) {
+		go func() { errs <- storeCluster(src, root, "cluster-x") }()
+	}
+	for range cap(errs) {
+		assert.NoError(t, <-errs)
+	}
+	entries, err := os.ReadDir(root)
+	require.NoError(t, err)
+	require.Len(t, entries, 1, "leftover build directories")
+	assert.Equal(t, "cluster-x", entries[0].Name())
+	assert.FileExists(t, filepath.Join(root, "cluster-x", "base", "1"))
+}
+
+func TestMakeRunDirSkipsUnreachableBase(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("the server runs as the current user, who reaches any directory it made")
+	}
+	u := serverUser()
+	private := t.TempDir() // 0700, owned by root
+	require.NoError(t, os.Chmod(private, 0o700))
+	reachable, err := os.MkdirTemp("", "pgserver-test-")
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = os.RemoveAll(reachable) })
+	require.NoError(t, os.Chmod(reachable, 0o755))
+
+	if err := traversable(reachable, u); err != nil {
+		t.Skipf("no directory reachable by nobody for the test: %v", err)
+	}
+	dir, err := makeRunDir([]string{private, reachable}, u, t.Logf)
+	require.NoError(t, err)
+	assert.Equal(t, reachable, filepath.Dir(dir))
+	fi, err := os.Stat(dir)
+	require.NoError(t, err)
+	assert.Equal(t, u.uid(), int(fi.Sys().(*syscall.Stat_t).Uid))
+
+	_, err = makeRunDir([]string{private}, u, t.Logf)
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "not searchable by nobody")
+}

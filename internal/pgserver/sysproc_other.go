@@ -4,7 +4,7 @@ package pgserver
 
 import "os/exec"
 
-// dieWithParent does nothing where the kernel has no parent-death signal;
-// a server left behind by a killed process is removed by the next Start's
-// cleanup of stale directories.
+// dieWithParent does nothing where the kernel has no parent-death signal:
+// a server whose owner is killed keeps running until stopped by hand,
+// though the next Start removes its files.
 func dieWithParent(*exec.Cmd) {}
