@@ -12,7 +12,9 @@
 // Module reads its Config from POSTGRES_* environment variables
 // (LoadConfig); values set in code with fx.Decorate or fx.Replace win over
 // the environment. The pool connects when the application starts and
-// closes when it stops. Without fx, New builds and connects a Pool.
+// closes when it stops, so use it from start hooks, handlers and workers
+// rather than while constructors run. Without fx, New builds and connects
+// a Pool.
 //
 // Pool embeds *pgxpool.Pool, so all of pgx is at hand; Execute and
 // Callproc add the original library's result shape (QueryResult), and

@@ -332,13 +332,7 @@ func TestStopTimesOutWithQueriesInFlight(t *testing.T) {
 
 	// The in-flight query still completes.
 	assert.NoError(t, <-queryDone)
-	deadline := time.Now().Add(5 * time.Second)
-	for pool.Stat().TotalConns() != 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	st := pool.Stat()
-	assert.Zero(t, st.TotalConns(), "acquired %d, idle %d, constructing %d",
-		st.AcquiredConns(), st.IdleConns(), st.ConstructingConns())
+	assertNoBackends(t, url)
 }
 
 func TestStopWaitsForInFlightQueries(t *testing.T) {
@@ -360,7 +354,22 @@ func TestStopWaitsForInFlightQueries(t *testing.T) {
 	for i := 0; i < n; i++ {
 		assert.NoError(t, <-errs)
 	}
-	assert.Zero(t, pool.Stat().TotalConns())
+	assertNoBackends(t, url)
+}
+
+// assertNoBackends checks on the server that no connection but the
+// checker's own is left in the database at url. The server is asked rather
+// than pgxpool's Stat: puddle v2.2.3 keeps counting a connection that was
+// being opened when the pool closed, although it closes it.
+func assertNoBackends(t *testing.T, url string) {
+	t.Helper()
+	admin := adminConn(t, url)
+	var n int
+	assert.Eventually(t, func() bool {
+		err := admin.QueryRow(context.Background(), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND pid <> pg_backend_pid()`).Scan(&n)
+		return err == nil && n == 0
+	}, 5*time.Second, 10*time.Millisecond, "backends left: %d", n)
 }
 
 func TestNoGoroutineLeftAfterStop(t *testing.T) {
