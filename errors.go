@@ -51,16 +51,27 @@ func IsQueryTimeout(err error) bool {
 }
 
 // IsConnectionError reports whether err means the server could not be
-// reached or the connection was lost: dial and network failures, a
-// closed pool (puddle.ErrClosedPool), ErrNotConnected, and the SQLSTATEs of a server that is
-// shutting down, starting up or out of connections (class 08, 57P01,
-// 57P02, 57P03, 53300). The original library answered these with 503.
+// reached or the connection was lost: dial and network failures, a closed
+// pool (puddle.ErrClosedPool), ErrNotConnected, and the SQLSTATEs of a
+// server that is shutting down, starting up or out of connections (class
+// 08, 57P01, 57P02, 57P03, 53300). The original library answered these
+// with 503. The caller's own context ending is not a connection error,
+// unless it ended while a connection was being opened.
 func IsConnectionError(err error) bool {
 	if err == nil {
 		return false
 	}
 	if errors.Is(err, ErrNotConnected) || errors.Is(err, puddle.ErrClosedPool) {
 		return true
+	}
+	var connectErr *pgconn.ConnectError
+	if errors.As(err, &connectErr) {
+		return true
+	}
+	// The caller's own deadline or cancellation is not the server's fault,
+	// even when it struck before the query was sent.
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return false
 	}
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) {
@@ -69,10 +80,6 @@ func IsConnectionError(err error) bool {
 			return true
 		}
 		return len(pgErr.Code) == 5 && pgErr.Code[:2] == classConnectionException
-	}
-	var connectErr *pgconn.ConnectError
-	if errors.As(err, &connectErr) {
-		return true
 	}
 	var netErr net.Error
 	if errors.As(err, &netErr) {
