@@ -45,9 +45,10 @@ type Pool struct {
 	pool      atomic.Pointer[pgxpool.Pool]
 	connected atomic.Bool
 
-	// procedures remembers routine names that turned out to be procedures,
-	// so Callproc uses CALL for them without a failed SELECT first.
-	procedures sync.Map
+	// routineKinds remembers, per quoted routine name, whether it is a
+	// procedure (true) or a function (false), so Callproc picks CALL or
+	// SELECT without a failed statement or a catalog lookup each time.
+	routineKinds sync.Map
 }
 
 // Status is a snapshot of the pool's health, shaped like the Python
@@ -385,17 +386,60 @@ func (p *Pool) Callproc(ctx context.Context, name string, args ...any) (QueryRes
 	}
 	began := time.Now()
 	key := ident.Sanitize()
-	_, isProc := p.procedures.Load(key)
+	isProc, known := p.routineKind(key)
 	res, err := runQuery(ctx, pool, callSQL(ident, len(args), isProc), args)
-	if err != nil && !isProc && hasCode(err, codeWrongObjectType) {
-		p.procedures.Store(key, struct{}{})
+	if err != nil && !known && hasCode(err, codeWrongObjectType) {
+		isProc = true
 		res, err = runQuery(ctx, pool, callSQL(ident, len(args), true), args)
 	}
 	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
-		_, isProc = p.procedures.Load(key)
 		res, err = runQuery(ctx, pool, callSQL(ident, len(args), isProc), args)
 	}
+	if err == nil {
+		p.routineKinds.Store(key, isProc)
+	}
 	return res, p.finish(ctx, "callproc "+key, began, res, err)
+}
+
+func (p *Pool) routineKind(key string) (procedure, known bool) {
+	v, ok := p.routineKinds.Load(key)
+	if !ok {
+		return false, false
+	}
+	return v.(bool), true
+}
+
+// routineIsProcedure answers from the cache or, the first time, from the
+// catalog. Transactions use it because a failed SELECT would abort them.
+func (p *Pool) routineIsProcedure(ctx context.Context, q querier, ident pgx.Identifier, key string) (bool, error) {
+	if isProc, known := p.routineKind(key); known {
+		return isProc, nil
+	}
+	var sql string
+	var args []any
+	switch len(ident) {
+	case 1:
+		sql = `SELECT p.prokind = 'p' AS is_procedure FROM pg_catalog.pg_proc p
+			WHERE p.proname = $1 AND pg_catalog.pg_function_is_visible(p.oid) LIMIT 1`
+		args = []any{ident[0]}
+	default:
+		// A three-part name's first part is the current database.
+		sql = `SELECT p.prokind = 'p' AS is_procedure FROM pg_catalog.pg_proc p
+			JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+			WHERE n.nspname = $1 AND p.proname = $2 LIMIT 1`
+		args = []any{ident[len(ident)-2], ident[len(ident)-1]}
+	}
+	res, err := runQuery(ctx, q, sql, args)
+	if err != nil {
+		return false, fmt.Errorf("look up routine %s: %w", key, err)
+	}
+	if res.Row == nil {
+		// Unknown: let SELECT report the missing function.
+		return false, nil
+	}
+	isProc, _ := res.Row["is_procedure"].(bool)
+	p.routineKinds.Store(key, isProc)
+	return isProc, nil
 }
 
 // livePool returns the pgx pool while the Pool is connected.
