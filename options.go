@@ -3,6 +3,8 @@ package sprocketspg
 import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
+
+	"github.com/sprockets/sprocketspg/discovery"
 )
 
 // An Option changes how New and Module build a Pool.
@@ -12,6 +14,7 @@ type Option interface {
 
 type options struct {
 	logger      *zap.Logger
+	resolver    discovery.Resolver
 	poolConfigs []func(*pgxpool.Config)
 }
 
@@ -40,6 +43,18 @@ func WithPoolConfig(fn func(*pgxpool.Config)) Option {
 	return optionFunc(func(o *options) {
 		if fn != nil {
 			o.poolConfigs = append(o.poolConfigs, fn)
+		}
+	})
+}
+
+// WithResolver makes a pool whose URL uses the postgresql+srv:// or
+// aws+srv:// scheme look up its hosts with r. Without it such a pool
+// uses discovery.NewDNSResolver(); a pool with a plain URL never uses a
+// resolver.
+func WithResolver(r discovery.Resolver) Option {
+	return optionFunc(func(o *options) {
+		if r != nil {
+			o.resolver = r
 		}
 	})
 }

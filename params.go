@@ -3,6 +3,8 @@ package sprocketspg
 import (
 	"go.uber.org/fx"
 	"go.uber.org/zap"
+
+	"github.com/sprockets/sprocketspg/discovery"
 )
 
 // OptionsGroup is the fx value group whose Options Module applies to the
@@ -19,6 +21,10 @@ type Params struct {
 
 	// Logger receives the pool's logs; without one the pool logs nothing.
 	Logger *zap.Logger `optional:"true"`
+
+	// Resolver looks up the hosts of a postgresql+srv:// or aws+srv://
+	// URL. Module provides NewResolver's.
+	Resolver discovery.Resolver `optional:"true"`
 
 	// Options come from the OptionsGroup value group.
 	Options []Option `group:"sprocketspg_options"`

@@ -18,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
+	"github.com/sprockets/sprocketspg/discovery"
 	"github.com/sprockets/sprocketspg/internal/redact"
 )
 
@@ -96,38 +97,61 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 	if o.logger == nil {
 		o.logger = zap.NewNop()
 	}
-	if scheme, _, ok := strings.Cut(cfg.URL, "://"); ok && strings.HasSuffix(strings.ToLower(scheme), "+srv") {
-		return nil, &ConfigError{Variable: EnvURL, Value: redact.ConnString(cfg.URL),
-			Reason: fmt.Sprintf("scheme %q needs SRV discovery, which this build does not include", scheme)}
+	parseURL := cfg.URL
+	var hosts *hostSource
+	if discovery.IsSRV(cfg.URL) {
+		var err error
+		if hosts, err = newHostSource(cfg.URL, o); err != nil {
+			return nil, err
+		}
+		parseURL = hosts.placeholder
 	}
-	pc, err := pgxpool.ParseConfig(cfg.URL)
+	pc, err := pgxpool.ParseConfig(parseURL)
 	if err != nil {
 		return nil, &ConfigError{Variable: EnvURL, Value: redact.ConnString(cfg.URL),
 			Reason: "cannot be parsed", Err: redact.Error(err, redact.Password(cfg.URL))}
 	}
 	applyConfig(pc, cfg)
-	ours := pc.AfterConnect
-	for _, fn := range o.poolConfigs {
-		pc.AfterConnect = nil
-		fn(pc)
-		if theirs := pc.AfterConnect; theirs != nil {
-			prev := ours
-			ours = func(ctx context.Context, conn *pgx.Conn) error {
-				if err := prev(ctx, conn); err != nil {
-					return err
-				}
-				return theirs(ctx, conn)
-			}
-		}
+	if hosts != nil {
+		pc.BeforeConnect = hosts.beforeConnect
 	}
-	pc.AfterConnect = ours
+	ourAfter, ourBefore := pc.AfterConnect, pc.BeforeConnect
+	for _, fn := range o.poolConfigs {
+		pc.AfterConnect, pc.BeforeConnect = nil, nil
+		fn(pc)
+		ourAfter = chainConnHooks(ourAfter, pc.AfterConnect)
+		ourBefore = chainConnHooks(ourBefore, pc.BeforeConnect)
+	}
+	pc.AfterConnect, pc.BeforeConnect = ourAfter, ourBefore
+	target := describeTarget(pc.ConnConfig)
+	if hosts != nil {
+		target = fmt.Sprintf("SRV %s (database %q, user %q)", hosts.name, pc.ConnConfig.Database, pc.ConnConfig.User)
+	}
 	return &Pool{
 		cfg:        cfg,
 		logger:     o.logger,
 		poolConfig: pc,
-		target:     describeTarget(pc.ConnConfig),
+		target:     target,
 		password:   pc.ConnConfig.Password,
 	}, nil
+}
+
+// chainConnHooks runs ours, then theirs, so a hook set through
+// WithPoolConfig sees what the pool's own hook did (resolved hosts,
+// registered types) instead of replacing it.
+func chainConnHooks[C any](ours, theirs func(context.Context, C) error) func(context.Context, C) error {
+	switch {
+	case theirs == nil:
+		return ours
+	case ours == nil:
+		return theirs
+	}
+	return func(ctx context.Context, c C) error {
+		if err := ours(ctx, c); err != nil {
+			return err
+		}
+		return theirs(ctx, c)
+	}
 }
 
 // applyConfig copies the Config's settings onto a pgxpool configuration.

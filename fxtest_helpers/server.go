@@ -205,3 +205,32 @@ func (t *TestServer) Start(ctx context.Context) error {
 	t.s.closeIdle()
 	return t.srv.Start(ctx)
 }
+
+// StartServer starts another PostgreSQL server, independent of the one
+// NewDatabase uses, for tests that need two servers at two addresses: a
+// DNS record moving from one to the other, a failover. It always starts a
+// server of its own from local binaries or Docker, even when
+// SPROCKETSPG_TEST_POSTGRES_URL names an existing one. The server is
+// closed and its files removed when tb ends. StartServer fails tb if the
+// server cannot be started.
+func StartServer(tb testing.TB) *TestServer {
+	tb.Helper()
+	s := newSharedServer(func(ctx context.Context, logf func(string, ...any)) (*pgserver.Server, error) {
+		return pgserver.Start(ctx, pgserver.WithLogf(logf), pgserver.WithOwnServer())
+	})
+	srv := s.get(tb)
+	tb.Cleanup(func() {
+		if err := s.shutdown(); err != nil {
+			tb.Errorf("fxtest_helpers: %v", err)
+		}
+	})
+	return &TestServer{s: s, srv: srv}
+}
+
+// NewDatabase creates a database for tb alone on this server and returns
+// its URL, as the package-level NewDatabase does on the test binary's
+// server.
+func (t *TestServer) NewDatabase(tb testing.TB, opts ...DatabaseOption) string {
+	tb.Helper()
+	return t.s.newDatabase(tb, opts...)
+}

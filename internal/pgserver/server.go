@@ -62,6 +62,9 @@ type config struct {
 	cacheDir string
 	// baseDirs overrides where run directories are created.
 	baseDirs []string
+	// ignoreEnvURL makes Start start a server of its own even when
+	// SPROCKETSPG_TEST_POSTGRES_URL names one.
+	ignoreEnvURL bool
 }
 
 // WithLogf sets a function that receives one line for each step worth
@@ -76,6 +79,14 @@ func WithLogf(logf func(format string, args ...any)) Option {
 // runs. The default is postgres:17-alpine.
 func WithDockerImage(image string) Option {
 	return func(c *config) { c.dockerImage = image }
+}
+
+// WithOwnServer makes Start start a server of its own, from local binaries
+// or Docker, even when SPROCKETSPG_TEST_POSTGRES_URL names an existing one:
+// for tests that need a second server at an address of its own, or one
+// they can stop.
+func WithOwnServer() Option {
+	return func(c *config) { c.ignoreEnvURL = true }
 }
 
 func newConfig(opts []Option) *config {
@@ -166,7 +177,11 @@ func (s *Server) Close() error {
 // run a Docker engine.
 func Start(ctx context.Context, opts ...Option) (*Server, error) {
 	cfg := newConfig(opts)
-	ch, err := choose(ctx, os.Getenv(EnvURL), findBinDir, pingDocker)
+	envURL := os.Getenv(EnvURL)
+	if cfg.ignoreEnvURL {
+		envURL = ""
+	}
+	ch, err := choose(ctx, envURL, findBinDir, pingDocker)
 	if err != nil {
 		return nil, err
 	}
