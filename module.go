@@ -2,8 +2,11 @@ package sprocketspg
 
 import "go.uber.org/fx"
 
-// Module provides a Config loaded from the environment (LoadConfig) and a
-// *Pool built from it (NewPool), connected on start and closed on stop.
+// Module provides a Config loaded from the environment (LoadConfig), a
+// *Pool built from it (NewPool), connected on start and closed on stop, the
+// discovery.Resolver that looks up postgresql+srv:// and aws+srv:// hosts
+// (NewResolver), and a *health.Checker of the pool, ready from the end of
+// start-up until stop begins.
 //
 // Override configuration in code with fx.Decorate, which keeps the
 // environment's other values:
@@ -18,6 +21,8 @@ var Module = fx.Module("sprocketspg",
 	fx.Provide(
 		LoadConfig,
 		NewPool,
+		NewResolver,
+		provideChecker,
 	),
 	// The pool connects on start even when nothing else asks for it, as the
 	// original connected on application start.

@@ -1,0 +1,28 @@
+// Package health reports whether a service's PostgreSQL pool can serve
+// queries, and answers HTTP probes with the result.
+//
+// A Checker pings the database through the application's own pool, so a
+// probe sees what queries see: the same connections, the same limits. It
+// serves three endpoints (Register mounts them):
+//
+//	GET /livez    200 while the process runs; never touches the database
+//	GET /readyz   200 when the service is ready and the database answers,
+//	              503 otherwise; application/health+json in the shape of
+//	              the IETF health check draft (draft-inadarei-api-health-check)
+//	GET /status   the sprockets-postgres status document: application,
+//	              environment, postgres{pool_free,pool_size}, status ok or
+//	              unavailable, version; 503 when unavailable
+//
+// Results are reused for a short window (WithCacheWindow) and concurrent
+// checks share one ping, so probes from many sources cost the database
+// at most one round trip per window. A saturated pool is reported as
+// "warn" without waiting for a connection: waiting would fail readiness,
+// and take the instance out of service, exactly when it is busiest.
+//
+// Readiness also has a gate, SetReady, that the owner of the pool opens
+// once the pool has connected and closes before it begins to shut down,
+// so load balancers stop sending traffic while in-flight work drains.
+//
+// The package needs only the Database interface; FromPgxpool adapts a
+// *pgxpool.Pool for services that use pgx without the rest of the module.
+package health

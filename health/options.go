@@ -1,0 +1,123 @@
+package health
+
+import (
+	"os"
+	"time"
+
+	"go.uber.org/zap"
+)
+
+const (
+	// DefaultCacheWindow is how long a check's result is reused when
+	// WithCacheWindow is not given.
+	DefaultCacheWindow = time.Second
+	// DefaultTimeout bounds a ping when WithTimeout is not given; it is
+	// the Python original's three seconds.
+	DefaultTimeout = 3 * time.Second
+
+	// Environment variables read by NewChecker for the names the status
+	// document reports, as the Python original read them.
+	envApplication = "SERVICE"
+	envEnvironment = "ENVIRONMENT"
+	envVersion     = "VERSION"
+
+	// unknown is reported for a name that is neither given nor in the
+	// environment.
+	unknown = "unknown"
+)
+
+// An Option changes how NewChecker builds a Checker.
+type Option interface {
+	apply(*options)
+}
+
+type options struct {
+	cacheWindow time.Duration
+	timeout     time.Duration
+	application string
+	environment string
+	version     string
+	now         func() time.Time
+	logger      *zap.Logger
+}
+
+type optionFunc func(*options)
+
+func (f optionFunc) apply(o *options) { f(o) }
+
+// WithCacheWindow sets how long a check's result is reused; the default
+// is DefaultCacheWindow. Probes from load balancers, orchestrators and
+// monitoring add up, and under load each ping takes a connection that a
+// request could have used. A window of zero or less turns reuse off,
+// though concurrent checks still share one ping.
+func WithCacheWindow(d time.Duration) Option {
+	return optionFunc(func(o *options) {
+		o.cacheWindow = max(d, 0)
+	})
+}
+
+// WithTimeout bounds each ping, including the wait for a connection; the
+// default is DefaultTimeout. A value of zero or less keeps the default.
+func WithTimeout(d time.Duration) Option {
+	return optionFunc(func(o *options) {
+		if d > 0 {
+			o.timeout = d
+		}
+	})
+}
+
+// WithApplication sets the application name of the status document.
+// Without it, or with an empty name, NewChecker reads $SERVICE, and
+// reports "unknown" when that is unset or empty.
+func WithApplication(name string) Option {
+	return optionFunc(func(o *options) { o.application = name })
+}
+
+// WithEnvironment sets the environment name of the status document.
+// Without it, or with an empty name, NewChecker reads $ENVIRONMENT, and
+// reports "unknown" when that is unset or empty.
+func WithEnvironment(name string) Option {
+	return optionFunc(func(o *options) { o.environment = name })
+}
+
+// WithVersion sets the version of the status document. Without it, or
+// with an empty v, NewChecker reads $VERSION, and reports "unknown" when
+// that is unset or empty.
+func WithVersion(v string) Option {
+	return optionFunc(func(o *options) { o.version = v })
+}
+
+// WithClock makes the Checker read the time from now instead of
+// time.Now, for tests of the cache window. It decides when a result
+// expires and stamps reports; ping latency is always measured with the
+// real clock. A nil now keeps time.Now.
+func WithClock(now func() time.Time) Option {
+	return optionFunc(func(o *options) {
+		if now != nil {
+			o.now = now
+		}
+	})
+}
+
+// WithLogger makes the Checker log when the database's health changes
+// (pass, warn, fail), not on every check. Without it the Checker logs
+// nothing.
+func WithLogger(logger *zap.Logger) Option {
+	return optionFunc(func(o *options) {
+		if logger != nil {
+			o.logger = logger
+		}
+	})
+}
+
+// nameOr returns given when it is not empty, else the environment
+// variable env when it is not empty, else "unknown".
+func nameOr(given, env string) string {
+	if given != "" {
+		return given
+	}
+	if v := os.Getenv(env); v != "" {
+		return v
+	}
+	return unknown
+}
