@@ -2,11 +2,15 @@ package sprocketspg_test
 
 import (
 	"context"
+	"io"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/sprockets/sprocketspg"
 	"github.com/sprockets/sprocketspg/fxtest_helpers"
@@ -131,5 +135,62 @@ func BenchmarkInsert(b *testing.B) {
 				b.Fatal(err)
 			}
 		}
+	})
+}
+
+// BenchmarkObservers measures what observation costs a query: Execute with
+// no observer (the default debug log, disabled here), with one observer,
+// and with the statement log tracer on (to a discarding logger), beside
+// raw pgx doing the same work.
+func BenchmarkObservers(b *testing.B) {
+	url := fxtest_helpers.NewDatabase(b)
+	ctx := context.Background()
+	const q = "SELECT $1::int AS n"
+	open := func(b *testing.B, change func(*sprocketspg.Config), opts ...sprocketspg.Option) *sprocketspg.Pool {
+		cfg := testConfig(url)
+		cfg.MinPoolSize, cfg.MaxPoolSize = 1, 1
+		if change != nil {
+			change(&cfg)
+		}
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		pool, err := sprocketspg.New(sctx, cfg, opts...)
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(pool.Close)
+		return pool
+	}
+	run := func(b *testing.B, pool *sprocketspg.Pool) {
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			if _, err := pool.Execute(ctx, q, i); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+
+	b.Run("pgx-rowtomap", func(b *testing.B) {
+		pool := open(b, nil)
+		b.ReportAllocs()
+		for i := 0; b.Loop(); i++ {
+			if _, err := rawToMaps(ctx, pool.Pool, q, i); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	b.Run("no-observer", func(b *testing.B) {
+		run(b, open(b, nil))
+	})
+	b.Run("one-observer", func(b *testing.B) {
+		var n atomic.Int64
+		run(b, open(b, nil, sprocketspg.WithObserver(sprocketspg.ObserverFunc(func(sprocketspg.QueryEvent) { n.Add(1) }))))
+	})
+	b.Run("log-queries", func(b *testing.B) {
+		// An info-level logger that writes nowhere: the cost of building
+		// each entry, not of the sink.
+		logger := zap.New(zapcore.NewCore(zapcore.NewJSONEncoder(zap.NewProductionEncoderConfig()),
+			zapcore.AddSync(io.Discard), zap.InfoLevel))
+		run(b, open(b, func(c *sprocketspg.Config) { c.LogQueries = true }, sprocketspg.WithLogger(logger)))
 	})
 }

@@ -8,11 +8,13 @@ import (
 	"net/url"
 	"os"
 	"reflect"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/caarlos0/env/v10"
+	"github.com/jackc/pgx/v5"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/sprockets/sprocketspg/internal/redact"
@@ -47,7 +49,12 @@ type Config struct {
 	ConnectionTTL time.Duration `env:"POSTGRES_CONNECTION_TTL" envDefault:"300s"`
 
 	// QueryTimeout is the server-side statement_timeout of every
-	// connection. A caller's context deadline that is earlier wins.
+	// connection. A caller's context deadline that is earlier wins. A
+	// statement whose answer has not arrived within QueryTimeout plus
+	// ConnectionTimeout fails on the client side too, with the connection
+	// closed, so a query cannot hang on a server host that has vanished.
+	// Raise both together: a session that raises statement_timeout itself
+	// should use txn.Timeout, which raises the client bound with it.
 	QueryTimeout time.Duration `env:"POSTGRES_QUERY_TIMEOUT" envDefault:"60s"`
 
 	// HStore registers the hstore extension's type on every new
@@ -61,6 +68,32 @@ type Config struct {
 	// UUID returns uuid values as github.com/google/uuid.UUID; when false
 	// they come back in their string form.
 	UUID bool `env:"POSTGRES_UUID" envDefault:"true"`
+
+	// LogQueries logs every statement the pool sends, with its duration
+	// and command tag or error, at info level through the pool's logger.
+	LogQueries bool `env:"POSTGRES_LOG_QUERIES" envDefault:"false"`
+
+	// LogQueryArgs adds the arguments to the statement logs. Off by
+	// default: arguments often hold personal data or secrets.
+	LogQueryArgs bool `env:"POSTGRES_LOG_QUERY_ARGS" envDefault:"false"`
+
+	// SlowQueryThreshold logs, at warn level, every statement that takes
+	// longer, whether or not LogQueries is on. 0 turns it off.
+	SlowQueryThreshold time.Duration `env:"POSTGRES_SLOW_QUERY_THRESHOLD" envDefault:"0"`
+
+	// QueryExecMode is how pgx sends queries: cache_statement (the
+	// default), cache_describe, describe_exec, exec or simple_protocol.
+	// Behind a pooler in transaction mode, such as PgBouncer, use exec or
+	// simple_protocol: prepared statements do not survive a change of
+	// server connection. Empty keeps the URL's default_query_exec_mode, if
+	// any, else pgx's default.
+	QueryExecMode string `env:"POSTGRES_QUERY_EXEC_MODE"`
+
+	// ReadURL, when set, is a read replica (or a list of them, as URL
+	// allows) that Pool.Reader hands out for read-only work while it
+	// answers; the rest of the settings apply to it as they do to URL.
+	// Optional.
+	ReadURL string `env:"POSTGRES_READ_URL"`
 }
 
 // Environment variable names, for error messages and documentation.
@@ -74,6 +107,11 @@ const (
 	EnvHStore            = "POSTGRES_HSTORE"
 	EnvJSON              = "POSTGRES_JSON"
 	EnvUUID              = "POSTGRES_UUID"
+	EnvLogQueries        = "POSTGRES_LOG_QUERIES"
+	EnvLogQueryArgs      = "POSTGRES_LOG_QUERY_ARGS"
+	EnvSlowQuery         = "POSTGRES_SLOW_QUERY_THRESHOLD"
+	EnvQueryExecMode     = "POSTGRES_QUERY_EXEC_MODE"
+	EnvReadURL           = "POSTGRES_READ_URL"
 )
 
 // ErrInvalidConfig is matched by every error LoadConfig and Validate return
@@ -168,7 +206,7 @@ func translateEnvError(err error, opts env.Options) error {
 			}
 		}
 		raw := lookupEnv(opts, variable)
-		if variable == EnvURL {
+		if variable == EnvURL || variable == EnvReadURL {
 			raw = redact.ConnString(raw)
 		}
 		ce := &ConfigError{Variable: variable, Value: raw, Reason: describeType(pe.Type)}
@@ -242,12 +280,26 @@ func parseBool(v string) (bool, error) {
 	return false, &parseReason{"want one of y, yes, t, true, on, 1, n, no, f, false, off, 0"}
 }
 
+// urlScheme matches a URL's scheme at the start of a connection string; a
+// string without one is a libpq keyword/value string, as pgx decides.
+var urlScheme = regexp.MustCompile(`^([A-Za-z][A-Za-z0-9+.-]*)://`)
+
 // validSchemes are the URL schemes Validate accepts.
 var validSchemes = map[string]bool{
 	"postgres":       true,
 	"postgresql":     true,
 	"postgresql+srv": true,
 	"aws+srv":        true,
+}
+
+// queryExecModes maps the names QueryExecMode accepts to pgx's modes.
+var queryExecModes = map[string]pgx.QueryExecMode{
+	"":                0, // keep the URL's or pgx's default
+	"cache_statement": pgx.QueryExecModeCacheStatement,
+	"cache_describe":  pgx.QueryExecModeCacheDescribe,
+	"describe_exec":   pgx.QueryExecModeDescribeExec,
+	"exec":            pgx.QueryExecModeExec,
+	"simple_protocol": pgx.QueryExecModeSimpleProtocol,
 }
 
 // Validate reports every setting that cannot work, joined into one error;
@@ -258,8 +310,13 @@ func (c Config) Validate() error {
 	bad := func(variable, value, reason string) {
 		errs = append(errs, &ConfigError{Variable: variable, Value: value, Reason: reason})
 	}
-	if err := validateURL(c.URL); err != nil {
+	if err := validateURL(EnvURL, c.URL); err != nil {
 		errs = append(errs, err)
+	}
+	if c.ReadURL != "" {
+		if err := validateURL(EnvReadURL, c.ReadURL); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	if c.MaxPoolSize < 1 {
 		bad(EnvMaxPoolSize, strconv.Itoa(c.MaxPoolSize), "must be at least 1")
@@ -286,31 +343,39 @@ func (c Config) Validate() error {
 			bad(d.variable, d.value.String(), "must be greater than zero")
 		}
 	}
+	if c.SlowQueryThreshold < 0 {
+		bad(EnvSlowQuery, c.SlowQueryThreshold.String(), "must not be negative (0 turns it off)")
+	}
+	if _, ok := queryExecModes[c.QueryExecMode]; !ok {
+		bad(EnvQueryExecMode, c.QueryExecMode,
+			"want one of cache_statement, cache_describe, describe_exec, exec, simple_protocol")
+	}
 	if c.QueryTimeout > 0 && c.QueryTimeout < time.Millisecond {
 		bad(EnvQueryTimeout, c.QueryTimeout.String(), "must be at least 1ms (statement_timeout counts milliseconds)")
 	}
 	return errors.Join(errs...)
 }
 
-func validateURL(raw string) error {
+func validateURL(variable, raw string) error {
 	if strings.TrimSpace(raw) == "" {
 		return &ConfigError{
-			Variable: EnvURL,
+			Variable: variable,
 			Reason:   "is required: set it to the server's URL, for example postgresql://user@localhost:5432/dbname",
 		}
 	}
-	if !strings.Contains(raw, "://") {
+	m := urlScheme.FindStringSubmatch(raw)
+	if m == nil {
 		// A libpq keyword/value string: pgx checks its syntax when the pool
 		// is built; here it need only look like key=value pairs.
 		if !strings.Contains(raw, "=") {
-			return &ConfigError{Variable: EnvURL, Value: redact.ConnString(raw),
+			return &ConfigError{Variable: variable, Value: redact.ConnString(raw),
 				Reason: "want a URL (postgresql://...) or a libpq keyword/value string (host=... dbname=...)"}
 		}
 		return nil
 	}
-	scheme := strings.ToLower(raw[:strings.Index(raw, "://")])
+	scheme := strings.ToLower(m[1])
 	if !validSchemes[scheme] {
-		return &ConfigError{Variable: EnvURL, Value: redact.ConnString(raw),
+		return &ConfigError{Variable: variable, Value: redact.ConnString(raw),
 			Reason: fmt.Sprintf("unsupported scheme %q: want postgres, postgresql, postgresql+srv or aws+srv", scheme)}
 	}
 	u, err := url.Parse(raw)
@@ -321,10 +386,10 @@ func validateURL(raw string) error {
 		if errors.As(err, &ue) {
 			reason = "not a valid URL: " + ue.Err.Error()
 		}
-		return &ConfigError{Variable: EnvURL, Value: redact.ConnString(raw), Reason: reason}
+		return &ConfigError{Variable: variable, Value: redact.ConnString(raw), Reason: reason}
 	}
 	if strings.HasSuffix(scheme, "+srv") && u.Host == "" {
-		return &ConfigError{Variable: EnvURL, Value: redact.ConnString(raw),
+		return &ConfigError{Variable: variable, Value: redact.ConnString(raw),
 			Reason: "an SRV URL needs a host name to look up"}
 	}
 	return nil
@@ -332,9 +397,11 @@ func validateURL(raw string) error {
 
 // String returns the Config with the URL's password masked.
 func (c Config) String() string {
-	return fmt.Sprintf("{URL:%s MaxPoolSize:%d MinPoolSize:%d ConnectionTimeout:%s ConnectionTTL:%s QueryTimeout:%s HStore:%t JSON:%t UUID:%t}",
+	return fmt.Sprintf("{URL:%s MaxPoolSize:%d MinPoolSize:%d ConnectionTimeout:%s ConnectionTTL:%s QueryTimeout:%s HStore:%t JSON:%t UUID:%t"+
+		" LogQueries:%t LogQueryArgs:%t SlowQueryThreshold:%s QueryExecMode:%s ReadURL:%s}",
 		redact.ConnString(c.URL), c.MaxPoolSize, c.MinPoolSize, c.ConnectionTimeout,
-		c.ConnectionTTL, c.QueryTimeout, c.HStore, c.JSON, c.UUID)
+		c.ConnectionTTL, c.QueryTimeout, c.HStore, c.JSON, c.UUID,
+		c.LogQueries, c.LogQueryArgs, c.SlowQueryThreshold, c.QueryExecMode, redact.ConnString(c.ReadURL))
 }
 
 // Format makes every fmt verb (%v, %+v, %#v, %s) print the masked form.
@@ -357,6 +424,11 @@ func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddBool("hstore", c.HStore)
 	enc.AddBool("json", c.JSON)
 	enc.AddBool("uuid", c.UUID)
+	enc.AddBool("log_queries", c.LogQueries)
+	enc.AddBool("log_query_args", c.LogQueryArgs)
+	enc.AddDuration("slow_query_threshold", c.SlowQueryThreshold)
+	enc.AddString("query_exec_mode", c.QueryExecMode)
+	enc.AddString("read_url", redact.ConnString(c.ReadURL))
 	return nil
 }
 
@@ -366,5 +438,6 @@ func (c Config) MarshalJSON() ([]byte, error) {
 	type plain Config // drops the methods, avoiding recursion
 	p := plain(c)
 	p.URL = redact.ConnString(c.URL)
+	p.ReadURL = redact.ConnString(c.ReadURL)
 	return json.Marshal(p)
 }

@@ -14,6 +14,13 @@ import (
 // started or after it has begun to stop.
 var ErrNotConnected = errors.New("postgres pool is not connected")
 
+// ErrConnectTimeout is matched (errors.Is) by the error of a start-up that
+// could not connect within Config.ConnectionTimeout. IsConnectionError
+// reports it as a connection error even when the last attempt ended with
+// a bare context deadline, as it does against a server that accepts
+// connections and never answers.
+var ErrConnectTimeout = errors.New("postgres server not reachable within the connection timeout")
+
 // SQLSTATE codes the helpers below test for.
 // https://www.postgresql.org/docs/current/errcodes-appendix.html
 const (
@@ -52,7 +59,7 @@ func IsQueryTimeout(err error) bool {
 
 // IsConnectionError reports whether err means the server could not be
 // reached or the connection was lost: dial and network failures, a closed
-// pool (puddle.ErrClosedPool), ErrNotConnected, and the SQLSTATEs of a
+// pool (puddle.ErrClosedPool), ErrNotConnected, ErrConnectTimeout, and the SQLSTATEs of a
 // server that is shutting down, starting up or out of connections (class
 // 08, 57P01, 57P02, 57P03, 53300). The original library answered these
 // with 503. The caller's own context ending is not a connection error,
@@ -61,7 +68,7 @@ func IsConnectionError(err error) bool {
 	if err == nil {
 		return false
 	}
-	if errors.Is(err, ErrNotConnected) || errors.Is(err, puddle.ErrClosedPool) {
+	if errors.Is(err, ErrNotConnected) || errors.Is(err, ErrConnectTimeout) || errors.Is(err, puddle.ErrClosedPool) {
 		return true
 	}
 	var connectErr *pgconn.ConnectError

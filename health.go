@@ -39,7 +39,7 @@ func ProvideHealthOptions(opts ...health.Option) fx.Option {
 // it fails before the pool has started and from the moment Shutdown
 // begins.
 func NewChecker(pool *Pool, opts ...health.Option) *health.Checker {
-	c := health.NewChecker(poolHealth{pool}, opts...)
+	c := health.NewChecker(poolHealth{pool}, withReplicaCheck(pool, opts)...)
 	c.SetReady(true)
 	return c
 }
@@ -50,7 +50,7 @@ func NewChecker(pool *Pool, opts ...health.Option) *health.Checker {
 // OnStop before the pool starts to close, and readiness fails while
 // in-flight work drains.
 func provideChecker(p CheckerParams) *health.Checker {
-	c := health.NewChecker(poolHealth{p.Pool}, p.Options...)
+	c := health.NewChecker(poolHealth{p.Pool}, withReplicaCheck(p.Pool, p.Options)...)
 	p.Lifecycle.Append(fx.Hook{
 		OnStart: func(context.Context) error {
 			c.SetReady(true)
@@ -62,6 +62,14 @@ func provideChecker(p CheckerParams) *health.Checker {
 		},
 	})
 	return c
+}
+
+// withReplicaCheck adds the read replica, if pool has one, to the checks.
+func withReplicaCheck(pool *Pool, opts []health.Option) []health.Option {
+	if pool.replica == nil {
+		return opts
+	}
+	return append([]health.Option{health.WithReplica(poolHealth{pool.replica.pool})}, opts...)
 }
 
 // poolHealth shows a Pool to the health package.

@@ -9,12 +9,15 @@ import "go.uber.org/fx"
 // matching ErrInvalidConfig, naming the environment variable, when the
 // Config cannot work.
 func NewPool(p Params) (Result, error) {
-	opts := make([]Option, 0, len(p.Options)+2)
+	opts := make([]Option, 0, len(p.Options)+len(p.Observers)+2)
 	if p.Logger != nil {
 		opts = append(opts, WithLogger(p.Logger))
 	}
 	if p.Resolver != nil {
 		opts = append(opts, WithResolver(p.Resolver))
+	}
+	for _, o := range p.Observers {
+		opts = append(opts, WithObserver(o))
 	}
 	opts = append(opts, p.Options...)
 	pool, err := newPool(p.Config, opts...)

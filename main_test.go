@@ -53,6 +53,20 @@ func testConfig(url string) sprocketspg.Config {
 func newPool(t *testing.T, change func(*sprocketspg.Config), opts ...sprocketspg.Option) (*sprocketspg.Pool, string) {
 	t.Helper()
 	url := fxtest_helpers.NewDatabase(t)
+	return newPoolAt(t, url, change, opts...), url
+}
+
+// newPoolWithSchema connects a Pool without fx to a fresh database filled
+// with schema.
+func newPoolWithSchema(t *testing.T, schema string) *sprocketspg.Pool {
+	t.Helper()
+	return newPoolAt(t, fxtest_helpers.NewDatabase(t, fxtest_helpers.WithSchema(schema)), nil)
+}
+
+// newPoolAt connects a Pool without fx to url and closes it when the test
+// ends.
+func newPoolAt(t *testing.T, url string, change func(*sprocketspg.Config), opts ...sprocketspg.Option) *sprocketspg.Pool {
+	t.Helper()
 	cfg := testConfig(url)
 	if change != nil {
 		change(&cfg)
@@ -63,7 +77,7 @@ func newPool(t *testing.T, change func(*sprocketspg.Config), opts ...sprocketspg
 	pool, err := sprocketspg.New(ctx, cfg, opts...)
 	require.NoError(t, err)
 	t.Cleanup(pool.Close)
-	return pool, url
+	return pool
 }
 
 // appPool starts an fx app with Module on a fresh database and returns its

@@ -1,6 +1,7 @@
 package sprocketspg
 
 import (
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
 
@@ -15,6 +16,8 @@ type Option interface {
 type options struct {
 	logger      *zap.Logger
 	resolver    discovery.Resolver
+	observers   []Observer
+	tracers     []pgx.QueryTracer
 	poolConfigs []func(*pgxpool.Config)
 }
 

@@ -26,6 +26,9 @@ type Params struct {
 	// URL. Module provides NewResolver's.
 	Resolver discovery.Resolver `optional:"true"`
 
+	// Observers come from the ObserversGroup value group (AsObserver).
+	Observers []Observer `group:"sprocketspg_observers"`
+
 	// Options come from the OptionsGroup value group.
 	Options []Option `group:"sprocketspg_options"`
 }

@@ -22,6 +22,10 @@ import (
 	"github.com/sprockets/sprocketspg/internal/redact"
 )
 
+// shutdownLead is how long before its context's deadline Shutdown gives
+// up waiting for connections (at most a tenth of the time left).
+const shutdownLead = 50 * time.Millisecond
+
 // statusTimeout bounds the SELECT 1 of Status, as in the Python original.
 const statusTimeout = 3 * time.Second
 
@@ -43,6 +47,7 @@ type Pool struct {
 
 	mu        sync.Mutex // serialises start and stop
 	started   bool
+	stopped   bool
 	pool      atomic.Pointer[pgxpool.Pool]
 	connected atomic.Bool
 
@@ -50,6 +55,18 @@ type Pool struct {
 	// procedure (true) or a function (false), so Callproc picks CALL or
 	// SELECT without a failed statement or a catalog lookup each time.
 	routineKinds sync.Map
+
+	// dispatch delivers query events to observers; nil without any. A
+	// read pool shares its primary's.
+	dispatch *dispatcher
+
+	// deadline bounds each statement's wait for the server's answer.
+	deadline *responseDeadline
+
+	// replica is the read pool of Config.ReadURL; nil without one.
+	replica *replica
+	// replicaOf is set on a read pool itself.
+	replicaOf *replica
 }
 
 // Status is a snapshot of the pool's health, shaped like the Python
@@ -115,25 +132,48 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 	if hosts != nil {
 		pc.BeforeConnect = hosts.beforeConnect
 	}
+	deadline := newResponseDeadline(cfg)
+	tracers := []pgx.QueryTracer{deadline}
+	if t := queryLogTracer(cfg, o.logger); t != nil {
+		tracers = append(tracers, t)
+	}
+	tracers = append(tracers, o.tracers...)
 	ourAfter, ourBefore := pc.AfterConnect, pc.BeforeConnect
 	for _, fn := range o.poolConfigs {
-		pc.AfterConnect, pc.BeforeConnect = nil, nil
+		pc.AfterConnect, pc.BeforeConnect, pc.ConnConfig.Tracer = nil, nil, nil
 		fn(pc)
 		ourAfter = chainConnHooks(ourAfter, pc.AfterConnect)
 		ourBefore = chainConnHooks(ourBefore, pc.BeforeConnect)
+		if pc.ConnConfig.Tracer != nil {
+			tracers = append(tracers, pc.ConnConfig.Tracer)
+		}
 	}
 	pc.AfterConnect, pc.BeforeConnect = ourAfter, ourBefore
+	pc.ConnConfig.Tracer = combineTracers(tracers)
 	target := describeTarget(pc.ConnConfig)
 	if hosts != nil {
 		target = fmt.Sprintf("SRV %s (database %q, user %q)", hosts.name, pc.ConnConfig.Database, pc.ConnConfig.User)
 	}
-	return &Pool{
+	p := &Pool{
 		cfg:        cfg,
 		logger:     o.logger,
 		poolConfig: pc,
 		target:     target,
 		password:   pc.ConnConfig.Password,
-	}, nil
+		deadline:   deadline,
+	}
+	if len(o.observers) > 0 {
+		p.dispatch = newDispatcher(o.observers, o.logger)
+	}
+	if cfg.ReadURL != "" {
+		r, err := newReplica(cfg, o)
+		if err != nil {
+			return nil, err
+		}
+		r.pool.dispatch = p.dispatch
+		p.replica = r
+	}
+	return p, nil
 }
 
 // chainConnHooks runs ours, then theirs, so a hook set through
@@ -166,6 +206,12 @@ func applyConfig(pc *pgxpool.Config, cfg Config) {
 		pc.HealthCheckPeriod = cfg.ConnectionTTL
 	}
 	pc.ConnConfig.ConnectTimeout = cfg.ConnectionTimeout
+	// pgxpool pings a connection that was idle for a while before handing
+	// it out; against a vanished server that ping must not wait for ever.
+	pc.PingTimeout = cfg.ConnectionTimeout
+	if mode := queryExecModes[cfg.QueryExecMode]; mode != 0 {
+		pc.ConnConfig.DefaultQueryExecMode = mode
+	}
 
 	// statement_timeout travels in the startup message, so setting it costs
 	// no round trip.
@@ -214,8 +260,12 @@ func (p *Pool) start(ctx context.Context) error {
 	if p.started {
 		return errors.New("start postgres pool: already started")
 	}
+	if p.stopped {
+		return errors.New("start postgres pool: it was shut down; a Pool cannot be restarted")
+	}
 	p.started = true
 	began := time.Now()
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectionTimeout)
 	defer cancel()
 
@@ -225,11 +275,28 @@ func (p *Pool) start(ctx context.Context) error {
 	}
 	if err := p.connect(ctx, pool); err != nil {
 		pool.Close()
+		// When the connection timeout, not the caller, ended the attempts,
+		// the server is what failed, whatever the last attempt returned.
+		if parent.Err() == nil {
+			err = fmt.Errorf("%w: %w", ErrConnectTimeout, err)
+		}
 		return p.scrub(fmt.Errorf("connect to postgres at %s within %s: %w", p.target, p.cfg.ConnectionTimeout, err))
 	}
 	if err := openConnections(ctx, pool, p.cfg.MinPoolSize); err != nil {
 		pool.Close()
+		if parent.Err() == nil && ctx.Err() != nil {
+			err = fmt.Errorf("%w: %w", ErrConnectTimeout, err)
+		}
 		return p.scrub(fmt.Errorf("open %d connections to postgres at %s: %w", p.cfg.MinPoolSize, p.target, err))
+	}
+	if p.dispatch != nil {
+		p.dispatch.start()
+	}
+	if p.replica != nil {
+		if err := p.replica.start(p.logger); err != nil {
+			pool.Close()
+			return err
+		}
 	}
 	p.Pool = pool
 	p.pool.Store(pool)
@@ -306,24 +373,62 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.connected.Store(false)
+	p.stopped = true
+	if p.replica != nil {
+		if err := p.replica.shutdown(ctx); err != nil {
+			return err
+		}
+	}
+	// A read pool's dispatcher belongs to its primary.
+	dispatch := p.dispatch
+	if p.replicaOf != nil {
+		dispatch = nil
+	}
 	pool := p.pool.Load()
 	if pool == nil {
+		if dispatch != nil {
+			return dispatch.close(ctx)
+		}
 		return nil
 	}
 	done := make(chan struct{})
 	go func() {
 		pool.Close()
+		// Even when ctx ends first, the observers' goroutine ends once
+		// the pool has closed.
+		if dispatch != nil {
+			dispatch.signalStop()
+		}
 		close(done)
 	}()
+	// Give up a moment before ctx's deadline: a caller such as fx reports
+	// its own context error when the deadline has passed, and the reason
+	// (connections still in use) would be lost.
+	var early <-chan time.Time
+	if deadline, ok := ctx.Deadline(); ok {
+		left := time.Until(deadline)
+		timer := time.NewTimer(left - min(shutdownLead, left/10))
+		defer timer.Stop()
+		early = timer.C
+	}
+	stillInUse := func(err error) error {
+		return fmt.Errorf("close postgres pool for %s: %d connections still in use when the stop deadline passed: %w",
+			p.target, pool.Stat().AcquiredConns(), err)
+	}
 	select {
 	case <-done:
 		p.logger.Info("closed postgres pool", zap.String("target", p.target))
-		return nil
+	case <-early:
+		return stillInUse(context.DeadlineExceeded)
 	case <-ctx.Done():
-		inUse := pool.Stat().AcquiredConns()
-		return fmt.Errorf("close postgres pool for %s: %d connections still in use when the stop deadline passed: %w",
-			p.target, inUse, ctx.Err())
+		return stillInUse(ctx.Err())
 	}
+	// Queries that finished while the pool drained have queued their
+	// events; observers get them before Shutdown returns.
+	if dispatch != nil {
+		return dispatch.close(ctx)
+	}
+	return nil
 }
 
 // Close closes the pool, waiting for every acquired connection to be
@@ -388,7 +493,7 @@ func (p *Pool) Execute(ctx context.Context, sql string, args ...any) (QueryResul
 	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
 		res, err = runQuery(ctx, pool, sql, args)
 	}
-	return res, p.finish(ctx, "execute", began, res, err)
+	return res, p.finish(ctx, OperationExecute, "execute", sql, began, res, err)
 }
 
 // Callproc calls the function or procedure name with args as positional
@@ -411,18 +516,20 @@ func (p *Pool) Callproc(ctx context.Context, name string, args ...any) (QueryRes
 	began := time.Now()
 	key := ident.Sanitize()
 	isProc, known := p.routineKind(key)
-	res, err := runQuery(ctx, pool, callSQL(ident, len(args), isProc), args)
+	sql := callSQL(ident, len(args), isProc)
+	res, err := runQuery(ctx, pool, sql, args)
 	if err != nil && !known && hasCode(err, codeWrongObjectType) {
 		isProc = true
-		res, err = runQuery(ctx, pool, callSQL(ident, len(args), true), args)
+		sql = callSQL(ident, len(args), true)
+		res, err = runQuery(ctx, pool, sql, args)
 	}
 	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
-		res, err = runQuery(ctx, pool, callSQL(ident, len(args), isProc), args)
+		res, err = runQuery(ctx, pool, sql, args)
 	}
 	if err == nil {
 		p.routineKinds.Store(key, isProc)
 	}
-	return res, p.finish(ctx, "callproc "+key, began, res, err)
+	return res, p.finish(ctx, OperationCallproc, "callproc "+key, sql, began, res, err)
 }
 
 func (p *Pool) routineKind(key string) (procedure, known bool) {
@@ -478,24 +585,19 @@ func (p *Pool) livePool() (*pgxpool.Pool, error) {
 	return pool, nil
 }
 
-// finish logs the query's timing at debug and wraps its error.
-func (p *Pool) finish(ctx context.Context, op string, began time.Time, res QueryResult, err error) error {
-	if ce := p.logger.Check(zap.DebugLevel, "postgres query"); ce != nil {
-		ce.Write(
-			zap.String("metric_name", MetricName(ctx)),
-			zap.String("operation", op),
-			zap.Duration("duration", time.Since(began)),
-			zap.Int64("row_count", res.RowCount),
-			zap.Error(p.scrub(err)),
-		)
-	}
+// finish reports the operation to the observers (or the debug log) and
+// wraps its error, naming label and the metric name.
+func (p *Pool) finish(ctx context.Context, op Operation, label, sql string, began time.Time, res QueryResult, err error) error {
+	name := MetricName(ctx)
+	p.observe(ctx, op, name, sql, began, res.RowCount, err)
+	p.noteConnectionError(err)
 	if err == nil {
 		return nil
 	}
-	if name := MetricName(ctx); name != "" {
-		return p.scrub(fmt.Errorf("%s %q: %w", op, name, err))
+	if name != "" {
+		return p.scrub(fmt.Errorf("%s %q: %w", label, name, err))
 	}
-	return p.scrub(fmt.Errorf("%s: %w", op, err))
+	return p.scrub(fmt.Errorf("%s: %w", label, err))
 }
 
 // scrub removes the password from err's text.

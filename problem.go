@@ -55,7 +55,7 @@ func ClassifyError(err error) (Problem, bool) {
 	// A refused connection may carry the server's SQLSTATE (too many
 	// connections, starting up); it is still a failure to connect.
 	var connectErr *pgconn.ConnectError
-	if errors.As(err, &connectErr) || errors.Is(err, ErrNotConnected) {
+	if errors.As(err, &connectErr) || errors.Is(err, ErrNotConnected) || errors.Is(err, ErrConnectTimeout) {
 		return connectionError, true
 	}
 	var pgErr *pgconn.PgError

@@ -44,12 +44,16 @@ type Report struct {
 	Error string
 	// Time is when the check began, by the Checker's clock.
 	Time time.Time
+	// Replica is the read replica's own result when one was given with
+	// WithReplica; nil otherwise.
+	Replica *Report
 }
 
 // Checker checks a Database and serves the results over HTTP. Its
 // methods are safe for concurrent use.
 type Checker struct {
 	db          Database
+	replica     Database
 	timeout     time.Duration
 	window      time.Duration
 	now         func() time.Time
@@ -100,6 +104,7 @@ func NewChecker(db Database, opts ...Option) *Checker {
 	}
 	return &Checker{
 		db:          db,
+		replica:     o.replica,
 		timeout:     o.timeout,
 		window:      o.cacheWindow,
 		now:         o.now,
@@ -198,20 +203,35 @@ func (c *Checker) fresh(t time.Time) bool {
 	return age >= 0 && age < c.window
 }
 
-// run checks the database once.
+// run checks the database, and the replica if there is one, once.
 func (c *Checker) run(ctx context.Context) Report {
+	r := c.probe(ctx, c.db)
+	if c.replica == nil {
+		return r
+	}
+	rr := c.probe(ctx, c.replica)
+	r.Replica = &rr
+	if r.Status == StatusPass && rr.Status != StatusPass {
+		r.Status = StatusWarn
+		r.Error = "read replica: " + rr.Error
+	}
+	return r
+}
+
+// probe checks one database once.
+func (c *Checker) probe(ctx context.Context, db Database) Report {
 	began := c.now()
-	if st := c.db.Stats(); saturated(st) {
+	if st := db.Stats(); saturated(st) {
 		return saturatedReport(st, began, 0)
 	}
 	pingCtx, cancel := context.WithTimeout(ctx, c.timeout)
 	start := time.Now()
-	err := c.db.Ping(pingCtx)
+	err := db.Ping(pingCtx)
 	latency := time.Since(start)
 	timedOut := errors.Is(pingCtx.Err(), context.DeadlineExceeded) && ctx.Err() == nil
 	cancel()
 
-	st := c.db.Stats()
+	st := db.Stats()
 	if err == nil {
 		return Report{Status: StatusPass, Available: true, Stats: st, Latency: latency, Time: began}
 	}

@@ -19,7 +19,10 @@ const (
 	// Check names and component type of the readiness document.
 	checkConnections  = "postgres:connections"
 	checkResponseTime = "postgres:responseTime"
-	componentType     = "datastore"
+	// The replica's checks, when there is one.
+	checkReplicaConnections  = "postgres-replica:connections"
+	checkReplicaResponseTime = "postgres-replica:responseTime"
+	componentType            = "datastore"
 
 	// Values of the status document's status key, as the Python original
 	// wrote them.
@@ -93,19 +96,27 @@ func (c *Checker) ReadinessHandler() http.Handler {
 }
 
 func readinessDocument(r Report) healthDocument {
-	at := r.Time.UTC().Format(time.RFC3339)
-	checks := map[string][]healthResult{
-		checkConnections: {{
-			ComponentType: componentType,
-			ObservedValue: r.Stats.Size,
-			ObservedUnit:  "connections",
-			Status:        r.Status,
-			Time:          at,
-			Output:        r.Error,
-		}},
+	checks := map[string][]healthResult{}
+	addChecks(checks, checkConnections, checkResponseTime, r)
+	if r.Replica != nil {
+		addChecks(checks, checkReplicaConnections, checkReplicaResponseTime, *r.Replica)
 	}
+	return healthDocument{Status: r.Status, Output: r.Error, Checks: checks}
+}
+
+// addChecks adds r's observations under the two check names.
+func addChecks(checks map[string][]healthResult, connections, responseTime string, r Report) {
+	at := r.Time.UTC().Format(time.RFC3339)
+	checks[connections] = []healthResult{{
+		ComponentType: componentType,
+		ObservedValue: r.Stats.Size,
+		ObservedUnit:  "connections",
+		Status:        r.Status,
+		Time:          at,
+		Output:        r.Error,
+	}}
 	if r.Latency > 0 {
-		checks[checkResponseTime] = []healthResult{{
+		checks[responseTime] = []healthResult{{
 			ComponentType: componentType,
 			ObservedValue: float64(r.Latency.Microseconds()) / 1000,
 			ObservedUnit:  "ms",
@@ -114,7 +125,6 @@ func readinessDocument(r Report) healthDocument {
 			Output:        r.Error,
 		}}
 	}
-	return healthDocument{Status: r.Status, Output: r.Error, Checks: checks}
 }
 
 // StatusHandler answers the Python original's status document:

@@ -39,6 +39,7 @@ type options struct {
 	version     string
 	now         func() time.Time
 	logger      *zap.Logger
+	replica     Database
 }
 
 type optionFunc func(*options)
@@ -120,4 +121,14 @@ func nameOr(given, env string) string {
 		return v
 	}
 	return unknown
+}
+
+// WithReplica adds a read replica to the checks. Each check pings it too
+// (through its own pool, within the same timeout) and reports it under
+// Report.Replica and the readiness checks "postgres-replica:connections"
+// and "postgres-replica:responseTime". A replica that fails turns a
+// passing check into warn, never fail: reads fall back to the primary,
+// so the service can still serve.
+func WithReplica(db Database) Option {
+	return optionFunc(func(o *options) { o.replica = db })
 }

@@ -23,7 +23,14 @@ var secretKeys = map[string]bool{
 
 // kvSecret matches password=value in a libpq keyword/value string, with the
 // value either single-quoted (backslash escapes allowed) or bare.
-var kvSecret = regexp.MustCompile(`(?i)\b(password|sslpassword)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s]*)`)
+//
+// A bare value ends where the next keyword=value pair begins, not at the
+// first space: "password=my secret dbname=db" is refused by pgx, but its
+// error quotes "secret", so the whole of "my secret" counts as the value.
+var kvSecret = regexp.MustCompile(`(?i)\b(password|sslpassword)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*(?:\s+[^\s=']+)*)(\s|$)`)
+
+// urlScheme matches the start of a URL.
+var urlScheme = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*://`)
 
 // userinfo matches the user:password@ part of something that looks like a
 // URL, for strings net/url refuses to parse.
@@ -37,12 +44,15 @@ func ConnString(s string) string {
 	if s == "" {
 		return s
 	}
-	if !strings.Contains(s, "://") {
-		return kvSecret.ReplaceAllString(s, "${1}="+Mask)
+	s = maskUserinfo(s)
+	if !urlScheme.MatchString(s) {
+		// A libpq keyword/value string, or something that only contains a
+		// URL: scrub by pattern, leaving the rest as it was.
+		return kvSecret.ReplaceAllString(userinfo.ReplaceAllString(s, "${1}:"+Mask+"@"), "${1}="+Mask+"${3}")
 	}
 	u, err := url.Parse(s)
 	if err != nil {
-		return kvSecret.ReplaceAllString(userinfo.ReplaceAllString(s, "${1}:"+Mask+"@"), "${1}="+Mask)
+		return kvSecret.ReplaceAllString(userinfo.ReplaceAllString(s, "${1}:"+Mask+"@"), "${1}="+Mask+"${3}")
 	}
 	if u.User != nil {
 		if _, ok := u.User.Password(); ok {
@@ -67,10 +77,14 @@ func ConnString(s string) string {
 	return u.String()
 }
 
-// Password returns the password held by the connection string s, or "" when
-// it has none. It is used to scrub error text that a driver built from s.
+// Password returns the password held by the connection string s, as pgx
+// reads it, or "" when it has none. It is used to scrub error text that a
+// driver built from s.
 func Password(s string) string {
 	if strings.Contains(s, "://") {
+		if p := firstAtPassword(s); p != "" {
+			return p
+		}
 		u, err := url.Parse(s)
 		if err != nil {
 			return ""
@@ -94,6 +108,83 @@ func Password(s string) string {
 	return v
 }
 
+// firstAtPassword reads the password of the first URL in s the way pgx
+// does: the user information ends at the first @ before any /. It returns
+// the password decoded when it decodes, raw otherwise.
+func firstAtPassword(s string) string {
+	i := strings.Index(s, "://")
+	if i < 0 {
+		return ""
+	}
+	rest := s[i+3:]
+	if slash := strings.IndexByte(rest, '/'); slash >= 0 {
+		rest = rest[:slash]
+	}
+	at := strings.IndexByte(rest, '@')
+	if at < 0 {
+		return ""
+	}
+	_, p, ok := strings.Cut(rest[:at], ":")
+	if !ok || p == "" {
+		return ""
+	}
+	if dec, err := url.PathUnescape(p); err == nil {
+		return dec
+	}
+	return p
+}
+
+// maskUserinfo masks the password of the first URL in s over the widest
+// span any parser could take for it. Parsers disagree on where it ends
+// (net/url: at the last @ of the authority; pgx, like libpq: at the first
+// @ before any /), and a string that only looks like a URL, such as
+// "#://u:p@h" or "u:p@h/db", parses as something else, so the mask runs from the first
+// colon of the user information to the last @ before the first /.
+func maskUserinfo(s string) string {
+	var start int
+	switch i := strings.Index(s, "://"); {
+	case i >= 0:
+		start = i + 3
+	case strings.HasPrefix(s, "//"):
+		start = 2
+	default:
+		// No scheme at all ("user:pass@host/db"), unless it reads as a
+		// keyword/value string, which the caller scrubs by pattern.
+		at := strings.IndexByte(s, '@')
+		if at < 0 || strings.ContainsAny(s[:at], "= \t") {
+			return s
+		}
+	}
+	rest := s[start:]
+	if slash := strings.IndexByte(rest, '/'); slash >= 0 {
+		rest = rest[:slash]
+	}
+	at := strings.LastIndexByte(rest, '@')
+	if at < 0 {
+		return s
+	}
+	colon := strings.IndexByte(rest[:at], ':')
+	if first := strings.IndexByte(rest, '@'); colon < 0 || colon > first {
+		return s
+	}
+	if rest[colon+1:at] == Mask {
+		return s
+	}
+	return s[:start+colon+1] + Mask + s[start+at:]
+}
+
+// maskAll replaces p, and its percent-encoded forms, everywhere in s.
+func maskAll(s, p string) string {
+	s = strings.ReplaceAll(s, p, Mask)
+	if esc := url.QueryEscape(p); esc != p {
+		s = strings.ReplaceAll(s, esc, Mask)
+	}
+	if esc := url.PathEscape(p); esc != p {
+		s = strings.ReplaceAll(s, esc, Mask)
+	}
+	return s
+}
+
 // Error wraps err so that its text never contains any of secrets. The
 // original error stays reachable through errors.Is and errors.As.
 func Error(err error, secrets ...string) error {
@@ -102,8 +193,14 @@ func Error(err error, secrets ...string) error {
 	}
 	var keep []string
 	for _, s := range secrets {
-		if s != "" {
-			keep = append(keep, s)
+		if s == "" {
+			continue
+		}
+		keep = append(keep, s)
+		// A parser that rejects a password with spaces quotes its words
+		// one at a time.
+		if fields := strings.Fields(s); len(fields) > 1 {
+			keep = append(keep, fields...)
 		}
 	}
 	if len(keep) == 0 {
@@ -120,14 +217,8 @@ type scrubbed struct {
 func (e *scrubbed) Error() string {
 	msg := e.err.Error()
 	for _, s := range e.secrets {
-		msg = strings.ReplaceAll(msg, s, Mask)
 		// A password can also appear percent-encoded, as it was in a URL.
-		if esc := url.QueryEscape(s); esc != s {
-			msg = strings.ReplaceAll(msg, esc, Mask)
-		}
-		if esc := url.PathEscape(s); esc != s {
-			msg = strings.ReplaceAll(msg, esc, Mask)
-		}
+		msg = maskAll(msg, s)
 	}
 	return msg
 }
