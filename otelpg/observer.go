@@ -1,0 +1,147 @@
+package otelpg
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/metric"
+	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
+
+	"github.com/sprockets/sprocketspg"
+)
+
+// ScopeName is the instrumentation scope of the meter an Observer records
+// with.
+const ScopeName = "github.com/sprockets/sprocketspg/otelpg"
+
+// OperationDurationName is the name of the histogram an Observer records.
+// It is not db.client.operation.duration because otelpgx already records
+// that one per statement: an Execute with a retry or a Transaction is
+// several statements, and two instruments of one name would be summed
+// together by most backends.
+const OperationDurationName = "sprocketspg.operation.duration"
+
+// MetricNameKey is the attribute that carries the name given with
+// sprocketspg.WithMetricName.
+const MetricNameKey = attribute.Key("sprocketspg.metric_name")
+
+// Values of MetricNameKey besides the names an Observer is given.
+const (
+	// UnnamedMetric is the metric name of an operation run without
+	// sprocketspg.WithMetricName.
+	UnnamedMetric = "unnamed"
+	// OtherMetric is the metric name of an operation whose name came after
+	// the limit set with WithMaxMetricNames was reached.
+	OtherMetric = "other"
+)
+
+// defaultBuckets are the boundaries OpenTelemetry's database conventions
+// advise for db.client.operation.duration.
+var defaultBuckets = []float64{0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10}
+
+var _ sprocketspg.Observer = (*Observer)(nil)
+
+// An Observer is a sprocketspg.Observer that records the duration of every
+// Execute, Callproc and Transaction in the histogram
+// sprocketspg.operation.duration (seconds). One Observer may observe
+// several pools. Use NewObserver to make one.
+type Observer struct {
+	histogram metric.Float64Histogram
+	names     *nameLimiter
+	system    attribute.KeyValue
+}
+
+// NewObserver returns an Observer recording with the meter provider of
+// opts. Hand it to the pool with sprocketspg.WithObserver (Module does so
+// through sprocketspg.ObserversGroup). It returns an error when the meter
+// provider refuses the histogram.
+func NewObserver(opts ...Option) (*Observer, error) {
+	return newObserver(newOptions(opts))
+}
+
+func newObserver(o options) (*Observer, error) {
+	buckets := o.buckets
+	if len(buckets) == 0 {
+		buckets = defaultBuckets
+	}
+	h, err := o.meterProvider.Meter(ScopeName).Float64Histogram(OperationDurationName,
+		metric.WithDescription("Duration of sprocketspg Execute, Callproc and Transaction calls, retries included."),
+		metric.WithUnit("s"),
+		metric.WithExplicitBucketBoundaries(buckets...),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("create histogram %s: %w", OperationDurationName, err)
+	}
+	return &Observer{
+		histogram: h,
+		names:     newNameLimiter(o.maxMetricNames),
+		system:    semconv.DBSystemNamePostgreSQL,
+	}, nil
+}
+
+// ObserveQuery records ev's duration with its operation, metric name and,
+// when it failed, its error type.
+func (o *Observer) ObserveQuery(ev sprocketspg.QueryEvent) {
+	attrs := make([]attribute.KeyValue, 0, 4)
+	attrs = append(attrs,
+		o.system,
+		semconv.DBOperationName(string(ev.Operation)),
+		MetricNameKey.String(o.names.label(ev.MetricName)),
+	)
+	if ev.Err != nil {
+		attrs = append(attrs, semconv.ErrorTypeKey.String(errorType(ev.Err)))
+	}
+	// The event carries no context: the query's has ended by now, and
+	// nothing here depends on one.
+	o.histogram.Record(context.Background(), ev.Duration.Seconds(), metric.WithAttributes(attrs...))
+}
+
+// errorType is the error.type of err: the SQLSTATE of a server error, as
+// OpenTelemetry's database conventions ask, else "_OTHER". Both keep the
+// attribute's values few.
+func errorType(err error) string {
+	if pgErr, ok := errors.AsType[*pgconn.PgError](err); ok && pgErr.Code != "" {
+		return pgErr.Code
+	}
+	return semconv.ErrorTypeOther.Value.AsString()
+}
+
+// nameLimiter maps metric names to attribute values, letting through at
+// most max distinct names so that a name built from request data cannot
+// create time series without bound.
+type nameLimiter struct {
+	max int
+
+	mu   sync.RWMutex
+	seen map[string]struct{}
+}
+
+func newNameLimiter(maxNames int) *nameLimiter {
+	return &nameLimiter{max: maxNames, seen: make(map[string]struct{})}
+}
+
+func (l *nameLimiter) label(name string) string {
+	if name == "" {
+		return UnnamedMetric
+	}
+	l.mu.RLock()
+	_, ok := l.seen[name]
+	l.mu.RUnlock()
+	if ok {
+		return name
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if _, ok := l.seen[name]; ok {
+		return name
+	}
+	if len(l.seen) >= l.max {
+		return OtherMetric
+	}
+	l.seen[name] = struct{}{}
+	return name
+}
