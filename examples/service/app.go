@@ -1,0 +1,152 @@
+package main
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"go.uber.org/fx"
+	"go.uber.org/zap"
+
+	"github.com/sprockets/sprocketspg"
+	"github.com/sprockets/sprocketspg/health"
+)
+
+// schemaSQL creates the service's tables; see applySchema.
+//
+//go:embed schema.sql
+var schemaSQL string
+
+// defaultApplication names the service in /status when $SERVICE is unset.
+const defaultApplication = "sprocketspg-example-service"
+
+// appOptions wires the service: the database module, the schema, the
+// routes and the HTTP server. url is the server to use, application the
+// name /status reports ("" for the default).
+func appOptions(logger *zap.Logger, url string, s settings, application string) fx.Option {
+	if application == "" {
+		application = defaultApplication
+	}
+	return fx.Options(
+		fx.Supply(logger, s),
+		// fx's event log is noise for a newcomer, and every failure it
+		// would log is also returned by Start or Stop, which run reports.
+		fx.NopLogger,
+		fx.StopTimeout(stopTimeout),
+		sprocketspg.Module,
+		// The URL comes from run, which may have started a server of its
+		// own; the rest of Config still comes from POSTGRES_*.
+		fx.Decorate(func(c sprocketspg.Config) sprocketspg.Config {
+			c.URL = url
+			return c
+		}),
+		sprocketspg.ProvideHealthOptions(
+			health.WithApplication(application),
+			health.WithLogger(logger),
+		),
+		metricsModule,
+		// Invoked in this order, so their start hooks run in this order
+		// after the pool's: the schema exists before the first request
+		// can arrive.
+		fx.Invoke(applySchema),
+		fx.Provide(newMux),
+		fx.Invoke(serveHTTP),
+	)
+}
+
+// applySchema adds a start hook that creates the tables of schema.sql when
+// public.test is missing. The hook runs after the pool's, which has
+// connected by then.
+func applySchema(lc fx.Lifecycle, db *sprocketspg.Pool, logger *zap.Logger) {
+	lc.Append(fx.StartHook(func(ctx context.Context) error {
+		created := false
+		err := db.Transaction(ctx, func(tx *sprocketspg.Tx) error {
+			// Two instances starting together on an empty database would
+			// both see no table; the lock makes the second wait for the
+			// first and then find the table.
+			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext('sprocketspg example schema'))"); err != nil {
+				return err
+			}
+			res, err := tx.Execute(ctx, "SELECT to_regclass('public.test') IS NOT NULL AS present")
+			if err != nil {
+				return err
+			}
+			if present, _ := res.Row["present"].(bool); present {
+				return nil
+			}
+			// Exec without arguments sends the whole file as one
+			// simple-protocol message, which may hold many statements.
+			if _, err := tx.Exec(ctx, schemaSQL); err != nil {
+				return err
+			}
+			created = true
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("apply schema.sql: %w", err)
+		}
+		if created {
+			logger.Info("database was empty: created the tables of schema.sql")
+		}
+		return nil
+	}))
+}
+
+// serveHTTP adds the hooks of the HTTP server. They are appended after the
+// pool's and the health checker's, so on stop they run first: readiness
+// fails, requests in flight finish, and only then does the pool close.
+func serveHTTP(lc fx.Lifecycle, mux *http.ServeMux, checker *health.Checker, s settings,
+	logger *zap.Logger, shutdowner fx.Shutdowner,
+) {
+	srv := &http.Server{
+		Handler:           mux,
+		ReadHeaderTimeout: 5 * time.Second,
+		ErrorLog:          zap.NewStdLog(logger.Named("http")),
+	}
+	served := make(chan struct{})
+	lc.Append(fx.Hook{
+		OnStart: func(context.Context) error {
+			// Listening here rather than in the goroutine makes a port in
+			// use fail the start.
+			ln, err := net.Listen("tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(s.port)))
+			if err != nil {
+				return fmt.Errorf("listen: %w", err)
+			}
+			addr := ln.Addr().String()
+			logger.Info("listening on http://"+addr, zap.String("addr", addr))
+			go func() {
+				defer close(served)
+				if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+					logger.Error("http server failed", zap.Error(err))
+					_ = shutdowner.Shutdown(fx.ExitCode(1))
+				}
+			}()
+			return nil
+		},
+		OnStop: func(ctx context.Context) error {
+			// The checker's own stop hook would close the gate too, but
+			// only after the server is gone; closing it here lets
+			// /readyz answer 503 while the listener is still open.
+			checker.SetReady(false)
+			if s.shutdownDelay > 0 {
+				logger.Info("readiness now fails; waiting before closing the listener",
+					zap.Duration("shutdown_delay", s.shutdownDelay))
+				select {
+				case <-time.After(s.shutdownDelay):
+				case <-ctx.Done():
+				}
+			}
+			err := srv.Shutdown(ctx)
+			<-served
+			if err != nil {
+				return fmt.Errorf("drain http requests: %w", err)
+			}
+			return nil
+		},
+	})
+}
