@@ -20,6 +20,12 @@
 // Server returns a handle that stops and starts the server, for tests of
 // outages.
 //
+// StartReplicaSet starts a primary and a streaming hot standby of their
+// own, for tests of failover (stop the primary, Promote the standby) and
+// of reads from a standby. StartPgBouncer puts PgBouncer, in transaction
+// pooling mode, in front of a server, for tests of the pool behind a
+// connection pooler.
+//
 // A test binary may call Shutdown from TestMain after m.Run to stop the
 // server and remove its files at once, before checking for leaked
 // goroutines: a local server is watched by a goroutine while it runs.

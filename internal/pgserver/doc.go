@@ -18,6 +18,12 @@
 // server version and user and cached under os.UserCacheDir; later starts
 // copy the cached cluster instead of running initdb.
 //
+// StartStandby starts a hot standby of a local server, copied with
+// pg_basebackup and streaming from it, and Server.Promote makes a standby
+// a primary. StartPgBouncer runs PgBouncer in front of a server. Both run
+// like a local server: as nobody when the caller is root, dying with the
+// caller, in run directories of their own.
+//
 // Files of servers whose owning process died without Close are removed by
 // the next Start.
 package pgserver

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -64,6 +65,8 @@ type localServer struct {
 	logPath string
 	port    int
 	logf    func(string, ...any)
+	// settings are added to serverSettings for this server alone.
+	settings []string
 
 	// proc is nil while the server is stopped.
 	proc *process
@@ -102,18 +105,28 @@ func startLocal(ctx context.Context, cfg *config, binDir string) (_ *localServer
 	if err := l.prepareData(ctx, cfg); err != nil {
 		return nil, err
 	}
-	// The port is free when freePort returns but anyone may take it before
-	// the server binds it, so a lost race is retried with another port.
+	if err := l.launchOnFreePort(ctx); err != nil {
+		return nil, err
+	}
+	return l, nil
+}
+
+// launchOnFreePort picks a free port and launches the server on it. The
+// port is free when freePort returns but anyone may take it before the
+// server binds it, so a lost race is retried with another port.
+func (l *localServer) launchOnFreePort(ctx context.Context) error {
 	for attempt := 1; ; attempt++ {
-		if l.port, err = freePort(); err != nil {
-			return nil, err
+		port, err := freePort()
+		if err != nil {
+			return err
 		}
+		l.port = port
 		err = l.launch(ctx)
 		if err == nil {
-			return l, nil
+			return nil
 		}
 		if !errors.Is(err, errPortInUse) || attempt == 3 {
-			return nil, err
+			return err
 		}
 	}
 }
@@ -196,7 +209,7 @@ func (l *localServer) launch(ctx context.Context) error {
 		logStart = fi.Size()
 	}
 	args := []string{"-D", l.dataDir, "-k", l.sockDir, "-p", strconv.Itoa(l.port)}
-	for _, s := range serverSettings {
+	for _, s := range append(slices.Clip(serverSettings), l.settings...) {
 		args = append(args, "-c", s)
 	}
 	cmd := exec.Command(filepath.Join(l.binDir, "postgres"), args...)
