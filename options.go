@@ -40,8 +40,12 @@ func WithLogger(logger *zap.Logger) Option {
 // escape hatch for tracers, dialers, TLS and hooks. Several are applied in
 // order.
 //
-// An AfterConnect that fn sets runs after the pool's own, which registers
-// the types Config asks for, so the two compose.
+// Hooks that fn sets compose with the pool's own instead of replacing
+// them: BeforeConnect, AfterConnect and BeforeClose run after the pool's
+// (which resolve SRV hosts, register the types Config asks for and track
+// idle connections), ShouldPing is asked when the pool's own check does
+// not ask for a ping, and a ConnConfig.Tracer runs beside the pool's
+// tracers.
 func WithPoolConfig(fn func(*pgxpool.Config)) Option {
 	return optionFunc(func(o *options) {
 		if fn != nil {

@@ -138,17 +138,35 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 		tracers = append(tracers, t)
 	}
 	tracers = append(tracers, o.tracers...)
+	idle := &idleChecks{}
+	pc.AfterConnect = chainConnHooks(pc.AfterConnect, idle.afterConnect)
 	ourAfter, ourBefore := pc.AfterConnect, pc.BeforeConnect
+	ourClose, ourShouldPing := idle.beforeClose, idle.shouldPing
 	for _, fn := range o.poolConfigs {
 		pc.AfterConnect, pc.BeforeConnect, pc.ConnConfig.Tracer = nil, nil, nil
+		pc.BeforeClose, pc.ShouldPing = nil, nil
 		fn(pc)
 		ourAfter = chainConnHooks(ourAfter, pc.AfterConnect)
 		ourBefore = chainConnHooks(ourBefore, pc.BeforeConnect)
 		if pc.ConnConfig.Tracer != nil {
 			tracers = append(tracers, pc.ConnConfig.Tracer)
 		}
+		if theirs := pc.BeforeClose; theirs != nil {
+			prev := ourClose
+			ourClose = func(c *pgx.Conn) {
+				prev(c)
+				theirs(c)
+			}
+		}
+		if theirs := pc.ShouldPing; theirs != nil {
+			prev := ourShouldPing
+			ourShouldPing = func(ctx context.Context, params pgxpool.ShouldPingParams) bool {
+				return prev(ctx, params) || theirs(ctx, params)
+			}
+		}
 	}
 	pc.AfterConnect, pc.BeforeConnect = ourAfter, ourBefore
+	pc.BeforeClose, pc.ShouldPing = ourClose, ourShouldPing
 	pc.ConnConfig.Tracer = combineTracers(tracers)
 	target := describeTarget(pc.ConnConfig)
 	if hosts != nil {

@@ -7,10 +7,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/sprockets/sprocketspg"
+	"github.com/sprockets/sprocketspg/fxtest_helpers"
 )
 
 func TestQueryTimeoutIsStatementTimeout(t *testing.T) {
@@ -146,4 +148,67 @@ func TestConnectionTTLReplacesConnections(t *testing.T) {
 	res, err = pool.Execute(ctxT(t), "SELECT pg_backend_pid() AS pid")
 	require.NoError(t, err)
 	assert.NotEqual(t, first, res.Row["pid"])
+}
+
+// terminateBackends ends every other session of url's database and waits
+// until the server has let them go, so their FATAL message is on its way
+// to the clients.
+func terminateBackends(t *testing.T, url string, atLeast int) {
+	t.Helper()
+	admin := adminConn(t, url)
+	var killed int
+	err := admin.QueryRow(ctxT(t), `
+		SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+		WHERE datname = current_database() AND pid <> pg_backend_pid()`).Scan(&killed)
+	require.NoError(t, err)
+	require.GreaterOrEqual(t, killed, atLeast)
+	require.Eventually(t, func() bool {
+		var left int
+		err := admin.QueryRow(ctxT(t), `SELECT count(*) FROM pg_stat_activity
+			WHERE datname = current_database() AND pid <> pg_backend_pid()`).Scan(&left)
+		return err == nil && left == 0
+	}, 5*time.Second, time.Millisecond)
+	time.Sleep(20 * time.Millisecond) // the FATAL message crosses loopback
+}
+
+// TestConnectionsKilledWhileIdleDoNotReachCallers checks the case the
+// test above leaves to pgxpool's one-second rule: connections terminated
+// moments before they are handed out again.
+func TestConnectionsKilledWhileIdleDoNotReachCallers(t *testing.T) {
+	const size = 4
+	t.Run("sprocketspg", func(t *testing.T) {
+		pool, url := newPool(t, func(c *sprocketspg.Config) {
+			c.MinPoolSize, c.MaxPoolSize = size, size
+		})
+		require.EqualValues(t, size, pool.Stat().IdleConns())
+		terminateBackends(t, url, size)
+		// pgx's own QueryRow on the embedded pool, so that no retry of
+		// Execute's can hide a dead connection.
+		for i := range 2 * size {
+			var one int
+			err := pool.QueryRow(ctxT(t), "SELECT 1").Scan(&one)
+			require.NoError(t, err, "query %d right after the backends were terminated", i)
+		}
+	})
+	// The same against a raw pgxpool shows what the check prevents, and
+	// that the test above can fail.
+	t.Run("raw-pgxpool", func(t *testing.T) {
+		url := fxtest_helpers.NewDatabase(t)
+		pc, err := pgxpool.ParseConfig(url)
+		require.NoError(t, err)
+		pc.MinConns, pc.MaxConns = size, size
+		raw, err := pgxpool.NewWithConfig(ctxT(t), pc)
+		require.NoError(t, err)
+		t.Cleanup(raw.Close)
+		require.Eventually(t, func() bool { return raw.Stat().IdleConns() == size }, 5*time.Second, time.Millisecond)
+		terminateBackends(t, url, size)
+		failures := 0
+		for range 2 * size {
+			var one int
+			if err := raw.QueryRow(ctxT(t), "SELECT 1").Scan(&one); err != nil {
+				failures++
+			}
+		}
+		assert.Positive(t, failures, "a raw pgxpool hands out connections the server already closed")
+	})
 }
