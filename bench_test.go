@@ -9,11 +9,13 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+	"go.uber.org/fx"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/sprockets/sprocketspg"
 	"github.com/sprockets/sprocketspg/fxtest_helpers"
+	"github.com/sprockets/sprocketspg/txn"
 )
 
 // benchPools returns a sprocketspg Pool and a raw pgxpool on the same fresh
@@ -193,4 +195,94 @@ func BenchmarkObservers(b *testing.B) {
 			zapcore.AddSync(io.Discard), zap.InfoLevel))
 		run(b, open(b, func(c *sprocketspg.Config) { c.LogQueries = true }, sprocketspg.WithLogger(logger)))
 	})
+}
+
+// BenchmarkQueryRow runs the same pgx call, QueryRow(...).Scan, on a raw
+// pgxpool and on the pool embedded in a sprocketspg Pool, which carries
+// the module's hooks (statement_timeout, cancel-request handling, the
+// response deadline tracer), one caller at a time and from parallel
+// callers.
+func BenchmarkQueryRow(b *testing.B) {
+	pool, raw := benchPools(b)
+	ctx := context.Background()
+	const q = "SELECT $1::int"
+	queryRow := func(b *testing.B, p *pgxpool.Pool) {
+		b.ReportAllocs()
+		var n int32
+		for i := 0; b.Loop(); i++ {
+			if err := p.QueryRow(ctx, q, int32(i)).Scan(&n); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	parallel := func(b *testing.B, p *pgxpool.Pool) {
+		b.ReportAllocs()
+		b.RunParallel(func(pb *testing.PB) {
+			var n int32
+			for pb.Next() {
+				if err := p.QueryRow(ctx, q, int32(1)).Scan(&n); err != nil {
+					b.Error(err)
+					return
+				}
+			}
+		})
+	}
+	b.Run("pgxpool", func(b *testing.B) { queryRow(b, raw) })
+	b.Run("sprocketspg", func(b *testing.B) { queryRow(b, pool.Pool) })
+	b.Run("pgxpool-parallel", func(b *testing.B) { parallel(b, raw) })
+	b.Run("sprocketspg-parallel", func(b *testing.B) { parallel(b, pool.Pool) })
+}
+
+// BenchmarkTransaction compares a one-statement transaction through
+// pgx.BeginFunc with Pool.Transaction, without options and with a
+// statement timeout.
+func BenchmarkTransaction(b *testing.B) {
+	pool, raw := benchPools(b)
+	ctx := context.Background()
+	b.Run("pgx-beginfunc", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			err := pgx.BeginFunc(ctx, raw, func(tx pgx.Tx) error {
+				_, err := tx.Exec(ctx, "SELECT 1")
+				return err
+			})
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	run := func(b *testing.B, opts ...txn.Option) {
+		b.ReportAllocs()
+		for b.Loop() {
+			err := pool.Transaction(ctx, func(tx *sprocketspg.Tx) error {
+				_, err := tx.Exec(ctx, "SELECT 1")
+				return err
+			}, opts...)
+			if err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	b.Run("sprocketspg", func(b *testing.B) { run(b) })
+	b.Run("sprocketspg-timeout", func(b *testing.B) { run(b, txn.Timeout(5*time.Second)) })
+}
+
+// BenchmarkAppStart measures an fx application with Module from Start to
+// ready (connected, MinPoolSize connections open, pinged) and back.
+func BenchmarkAppStart(b *testing.B) {
+	url := fxtest_helpers.NewDatabase(b)
+	cfg := testConfig(url)
+	ctx := context.Background()
+	b.ReportAllocs()
+	for b.Loop() {
+		app := fx.New(sprocketspg.Module, fx.Replace(cfg), fx.NopLogger)
+		if err := app.Start(ctx); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if err := app.Stop(ctx); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
 }

@@ -1,10 +1,8 @@
-// Fuzz targets for configuration loading and printing. CI runs each one
-// briefly after the tests:
+// Fuzz targets for configuration loading and printing. .ci/run runs each
+// one briefly (10 s) after the tests, as in:
 //
-//	go test -run '^$' -fuzz '^FuzzLoadConfig$' -fuzztime 20s .
-//	go test -run '^$' -fuzz '^FuzzConfigString$' -fuzztime 20s .
-//	go test -run '^$' -fuzz '^FuzzConnString$' -fuzztime 20s ./internal/redact/
-//	go test -run '^$' -fuzz '^FuzzError$' -fuzztime 20s ./internal/redact/
+//	go test -run '^$' -fuzz '^FuzzLoadConfig$' -fuzztime 10s .
+//	go test -run '^$' -fuzz '^FuzzConfigString$' -fuzztime 10s .
 //
 // A failing input the fuzzer finds is written to testdata/fuzz/<target>/
 // and from then on runs as a seed in every plain `go test`.

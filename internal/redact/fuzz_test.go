@@ -2,8 +2,8 @@ package redact
 
 // Fuzz targets for ConnString, Password and Error. CI runs each briefly:
 //
-//	go test -run '^$' -fuzz '^FuzzConnString$' -fuzztime 20s ./internal/redact/
-//	go test -run '^$' -fuzz '^FuzzError$' -fuzztime 20s ./internal/redact/
+//	go test -run '^$' -fuzz '^FuzzConnString$' -fuzztime 10s ./internal/redact/
+//	go test -run '^$' -fuzz '^FuzzError$' -fuzztime 10s ./internal/redact/
 //
 // Inputs that failed are kept in testdata/fuzz/<target>/ and run by every
 // plain `go test`.
