@@ -2,7 +2,6 @@ package sprocketspg_test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -10,7 +9,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/fx"
-	"go.uber.org/goleak"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zaptest"
 
@@ -18,22 +16,7 @@ import (
 	"github.com/sprockets/sprocketspg/fxtest_helpers"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if err := fxtest_helpers.Shutdown(); err != nil {
-		fmt.Fprintln(os.Stderr, "stop test postgres:", err)
-		code = 1
-	}
-	// Only after Shutdown: the test server's process is watched by a
-	// goroutine for as long as it runs.
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(fxtest_helpers.RunTests(m)) }
 
 // testConfig returns a Config for url with short timeouts, as a test wants.
 func testConfig(url string) sprocketspg.Config {

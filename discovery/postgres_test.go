@@ -2,7 +2,6 @@ package discovery_test
 
 import (
 	"context"
-	"fmt"
 	"net"
 	"net/url"
 	"os"
@@ -13,29 +12,13 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/sprockets/sprocketspg/discovery"
 	"github.com/sprockets/sprocketspg/fxtest_helpers"
 	"github.com/sprockets/sprocketspg/internal/dnstest"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if err := fxtest_helpers.Shutdown(); err != nil {
-		fmt.Fprintln(os.Stderr, "stop test postgres:", err)
-		code = 1
-	}
-	// Only after Shutdown: the test server's process is watched by a
-	// goroutine for as long as it runs.
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(fxtest_helpers.RunTests(m)) }
 
 const pgSRVName = "_db._postgresql.example.com"
 

@@ -6,26 +6,9 @@ import (
 	"runtime"
 	"sync"
 	"testing"
-
-	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if err := Shutdown(); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		code = 1
-	}
-	// Checked only after Shutdown: the server's process is watched by a
-	// goroutine for as long as it runs.
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(RunTests(m)) }
 
 // fakeTB stands in for a test whose outcome a test needs to control or
 // observe: it records failures and logs and runs cleanups on demand.

@@ -3,7 +3,6 @@ package health_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net/http"
 	"net/http/httptest"
@@ -15,28 +14,12 @@ import (
 
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/sprockets/sprocketspg/fxtest_helpers"
 	"github.com/sprockets/sprocketspg/health"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if err := fxtest_helpers.Shutdown(); err != nil {
-		fmt.Fprintln(os.Stderr, "stop test postgres:", err)
-		code = 1
-	}
-	// Only after Shutdown: the test server's process is watched by a
-	// goroutine for as long as it runs.
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(fxtest_helpers.RunTests(m)) }
 
 // newPgxpool connects a pgxpool to a fresh database, with a short connect
 // timeout so that outages show quickly, and closes it when the test ends.

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.opentelemetry.io/otel/attribute"
@@ -12,6 +11,7 @@ import (
 	semconv "go.opentelemetry.io/otel/semconv/v1.40.0"
 
 	"github.com/sprockets/sprocketspg"
+	"github.com/sprockets/sprocketspg/internal/metricname"
 )
 
 // ScopeName is the instrumentation scope of the meter an Observer records
@@ -51,7 +51,7 @@ var _ sprocketspg.Observer = (*Observer)(nil)
 // several pools. Use NewObserver to make one.
 type Observer struct {
 	histogram metric.Float64Histogram
-	names     *nameLimiter
+	names     *metricname.Limiter
 	system    attribute.KeyValue
 }
 
@@ -78,7 +78,7 @@ func newObserver(o options) (*Observer, error) {
 	}
 	return &Observer{
 		histogram: h,
-		names:     newNameLimiter(o.maxMetricNames),
+		names:     metricname.NewLimiter(o.maxMetricNames, UnnamedMetric, OtherMetric),
 		system:    semconv.DBSystemNamePostgreSQL,
 	}, nil
 }
@@ -90,7 +90,7 @@ func (o *Observer) ObserveQuery(ev sprocketspg.QueryEvent) {
 	attrs = append(attrs,
 		o.system,
 		semconv.DBOperationName(string(ev.Operation)),
-		MetricNameKey.String(o.names.label(ev.MetricName)),
+		MetricNameKey.String(o.names.Label(ev.MetricName)),
 	)
 	if ev.Err != nil {
 		attrs = append(attrs, semconv.ErrorTypeKey.String(errorType(ev.Err)))
@@ -108,40 +108,4 @@ func errorType(err error) string {
 		return pgErr.Code
 	}
 	return semconv.ErrorTypeOther.Value.AsString()
-}
-
-// nameLimiter maps metric names to attribute values, letting through at
-// most max distinct names so that a name built from request data cannot
-// create time series without bound.
-type nameLimiter struct {
-	max int
-
-	mu   sync.RWMutex
-	seen map[string]struct{}
-}
-
-func newNameLimiter(maxNames int) *nameLimiter {
-	return &nameLimiter{max: maxNames, seen: make(map[string]struct{})}
-}
-
-func (l *nameLimiter) label(name string) string {
-	if name == "" {
-		return UnnamedMetric
-	}
-	l.mu.RLock()
-	_, ok := l.seen[name]
-	l.mu.RUnlock()
-	if ok {
-		return name
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if _, ok := l.seen[name]; ok {
-		return name
-	}
-	if len(l.seen) >= l.max {
-		return OtherMetric
-	}
-	l.seen[name] = struct{}{}
-	return name
 }

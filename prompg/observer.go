@@ -1,12 +1,12 @@
 package prompg
 
 import (
-	"sync"
 	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sprockets/sprocketspg"
+	"github.com/sprockets/sprocketspg/internal/metricname"
 )
 
 // QueryDurationName is the name of the histogram a QueryObserver exports.
@@ -41,7 +41,7 @@ type QueryObserver struct {
 	// vec is swapped for an identical histogram already registered when
 	// Register finds one, so observations reach the registry either way.
 	vec   atomic.Pointer[prometheus.HistogramVec]
-	names *nameLimiter
+	names *metricname.Limiter
 }
 
 // NewQueryObserver returns a QueryObserver configured by opts. Hand it to
@@ -55,7 +55,7 @@ func NewQueryObserver(opts ...Option) *QueryObserver {
 		Buckets:     o.buckets,
 		ConstLabels: o.constLabels,
 	}, []string{"operation", "metric_name", "outcome"})
-	q := &QueryObserver{names: newNameLimiter(o.maxMetricNames)}
+	q := &QueryObserver{names: metricname.NewLimiter(o.maxMetricNames, UnnamedMetric, OtherMetric)}
 	q.vec.Store(vec)
 	return q
 }
@@ -67,7 +67,7 @@ func (q *QueryObserver) ObserveQuery(ev sprocketspg.QueryEvent) {
 	if ev.Err != nil {
 		outcome = OutcomeError
 	}
-	q.vec.Load().WithLabelValues(string(ev.Operation), q.names.label(ev.MetricName), outcome).
+	q.vec.Load().WithLabelValues(string(ev.Operation), q.names.Label(ev.MetricName), outcome).
 		Observe(ev.Duration.Seconds())
 }
 
@@ -93,40 +93,4 @@ func (q *QueryObserver) adopt(existing prometheus.Collector) bool {
 		return false
 	}
 	return true
-}
-
-// nameLimiter maps metric names to label values, letting through at most
-// max distinct names so that a name built from request data cannot create
-// time series without bound.
-type nameLimiter struct {
-	max int
-
-	mu   sync.RWMutex
-	seen map[string]struct{}
-}
-
-func newNameLimiter(maxNames int) *nameLimiter {
-	return &nameLimiter{max: maxNames, seen: make(map[string]struct{})}
-}
-
-func (l *nameLimiter) label(name string) string {
-	if name == "" {
-		return UnnamedMetric
-	}
-	l.mu.RLock()
-	_, ok := l.seen[name]
-	l.mu.RUnlock()
-	if ok {
-		return name
-	}
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if _, ok := l.seen[name]; ok {
-		return name
-	}
-	if len(l.seen) >= l.max {
-		return OtherMetric
-	}
-	l.seen[name] = struct{}{}
-	return name
 }

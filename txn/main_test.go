@@ -3,7 +3,6 @@ package txn_test
 import (
 	"context"
 	"errors"
-	"fmt"
 	"os"
 	"testing"
 	"time"
@@ -13,27 +12,11 @@ import (
 	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"github.com/stretchr/testify/require"
-	"go.uber.org/goleak"
 
 	"github.com/sprockets/sprocketspg/fxtest_helpers"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if err := fxtest_helpers.Shutdown(); err != nil {
-		fmt.Fprintln(os.Stderr, "stop test postgres:", err)
-		code = 1
-	}
-	// Only after Shutdown: the test server's process is watched by a
-	// goroutine for as long as it runs.
-	if code == 0 {
-		if err := goleak.Find(); err != nil {
-			fmt.Fprintln(os.Stderr, "goleak:", err)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(fxtest_helpers.RunTests(m)) }
 
 // connDefaultTimeout is the statement_timeout test pools give their
 // connections, so that a test can tell it from a transaction's own.
