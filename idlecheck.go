@@ -19,6 +19,9 @@ import (
 // The check is a non-blocking peek at the socket (one system call, no
 // allocation) where the platform offers it; pgxpool's own rule, a ping
 // for connections idle for more than a second, still applies.
+// minPeekIdle is how long a connection must have been idle for the peek.
+const minPeekIdle = time.Millisecond
+
 type idleChecks struct {
 	probes sync.Map // *pgx.Conn -> *idleProbe
 }
@@ -39,6 +42,13 @@ func (c *idleChecks) beforeClose(conn *pgx.Conn) {
 func (c *idleChecks) shouldPing(_ context.Context, params pgxpool.ShouldPingParams) bool {
 	if params.IdleDuration > time.Second {
 		return true
+	}
+	// A connection handed back out within a millisecond, as under load,
+	// is not peeked at: the system call would be paid on every query
+	// exactly when queries are most frequent, for a window too short to
+	// matter.
+	if params.IdleDuration < minPeekIdle {
+		return false
 	}
 	v, ok := c.probes.Load(params.Conn)
 	return ok && v.(*idleProbe).pending()

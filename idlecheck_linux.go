@@ -12,7 +12,7 @@ type idleProbe struct {
 	buf    [1]byte
 	unread bool
 	// peek is built once so that each check allocates nothing.
-	peek func(fd uintptr) bool
+	peek func(fd uintptr)
 }
 
 // newIdleProbe returns a probe of nc's socket, or nil when nc is not a
@@ -35,20 +35,22 @@ func newIdleProbe(nc net.Conn) *idleProbe {
 		return nil
 	}
 	p := &idleProbe{raw: raw}
-	p.peek = func(fd uintptr) bool {
+	p.peek = func(fd uintptr) {
 		n, _, err := syscall.Recvfrom(int(fd), p.buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
 		// Data (n > 0), the end of the stream (n == 0 without error) and
 		// any error but "nothing to read" all mean the connection is not
 		// the quiet idle connection it should be.
 		p.unread = n > 0 || err == nil || (err != syscall.EAGAIN && err != syscall.EWOULDBLOCK)
-		return true // never wait
 	}
 	return p
 }
 
 func (p *idleProbe) pending() bool {
 	p.unread = false
-	if err := p.raw.Read(p.peek); err != nil {
+	// Control, not Read: Read takes the descriptor's read lock, which
+	// pgconn's background reader may hold for as long as it waits for the
+	// server, and the peek must never wait.
+	if err := p.raw.Control(p.peek); err != nil {
 		return true
 	}
 	return p.unread
