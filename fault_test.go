@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -237,48 +238,13 @@ func errorKind(err error) string {
 	return b.String()
 }
 
-// silentListener accepts TCP connections on loopback and never answers
-// them, like a host whose server process hangs.
-func silentListener(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	require.NoError(t, err)
-	var (
-		mu    sync.Mutex
-		conns []net.Conn
-		done  = make(chan struct{})
-	)
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			conns = append(conns, c)
-			mu.Unlock()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = l.Close()
-		<-done
-		mu.Lock()
-		defer mu.Unlock()
-		for _, c := range conns {
-			_ = c.Close()
-		}
-	})
-	return l.Addr().String()
-}
-
 func TestFaultBlackHoleStartup(t *testing.T) {
 	const (
 		password    = "bl4ck-h0le-Secret"
 		connTimeout = time.Second
 		bound       = connTimeout + time.Second
 	)
-	addr := silentListener(t)
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(blackHole(t)))
 	cfg := testConfig(fmt.Sprintf("postgresql://app:%s@%s/appdb?sslmode=disable", password, addr))
 	cfg.ConnectionTimeout = connTimeout
 
@@ -290,6 +256,7 @@ func TestFaultBlackHoleStartup(t *testing.T) {
 		assert.Contains(t, err.Error(), addr, "the error names the server")
 		assert.NotContains(t, err.Error(), password)
 		assert.True(t, sprocketspg.IsConnectionError(err), "IsConnectionError(%v)", err)
+		assert.ErrorIs(t, err, sprocketspg.ErrConnectTimeout)
 		assert.False(t, errors.Is(err, sprocketspg.ErrInvalidConfig), "not a configuration error: %v", err)
 	}
 

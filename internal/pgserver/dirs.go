@@ -327,3 +327,13 @@ func copyFile(src, dst string, perm fs.FileMode, buf []byte) (err error) {
 	}
 	return out.Chmod(perm)
 }
+
+// runDir makes a run directory for a process run as u, in the configured
+// base directories or else the default ones.
+func (c *config) runDir(u runUser) (string, error) {
+	bases := c.baseDirs
+	if bases == nil {
+		bases = baseDirCandidates()
+	}
+	return makeRunDir(bases, u, c.logf)
+}

@@ -74,11 +74,7 @@ type localServer struct {
 
 func startLocal(ctx context.Context, cfg *config, binDir string) (_ *localServer, err error) {
 	u := serverUser()
-	bases := cfg.baseDirs
-	if bases == nil {
-		bases = baseDirCandidates()
-	}
-	dir, err := makeRunDir(bases, u, cfg.logf)
+	dir, err := cfg.runDir(u)
 	if err != nil {
 		return nil, err
 	}

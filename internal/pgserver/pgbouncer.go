@@ -87,11 +87,7 @@ func StartPgBouncer(ctx context.Context, serverURL string, settings map[string]s
 	}
 	cfg := newConfig(opts)
 	u := serverUser()
-	bases := cfg.baseDirs
-	if bases == nil {
-		bases = baseDirCandidates()
-	}
-	dir, err := makeRunDir(bases, u, cfg.logf)
+	dir, err := cfg.runDir(u)
 	if err != nil {
 		return nil, err
 	}

@@ -54,13 +54,9 @@ func StartStandby(ctx context.Context, primary *Server, opts ...Option) (_ *Serv
 		return nil, fmt.Errorf("start a standby of a %s server: %w (a standby needs local PostgreSQL server binaries)", primary.kind, ErrNotSupported)
 	}
 	cfg := newConfig(opts)
-	bases := cfg.baseDirs
-	if bases == nil {
-		bases = baseDirCandidates()
-	}
 	// The standby runs as the primary's user: the cluster's files are
 	// owned by it and replication connections come from it.
-	dir, err := makeRunDir(bases, p.user, cfg.logf)
+	dir, err := cfg.runDir(p.user)
 	if err != nil {
 		return nil, err
 	}
