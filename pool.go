@@ -307,14 +307,14 @@ func (p *Pool) start(ctx context.Context) error {
 		}
 		return p.scrub(fmt.Errorf("open %d connections to postgres at %s: %w", p.cfg.MinPoolSize, p.target, err))
 	}
-	if p.dispatch != nil {
-		p.dispatch.start()
-	}
 	if p.replica != nil {
 		if err := p.replica.start(p.logger); err != nil {
 			pool.Close()
 			return err
 		}
+	}
+	if p.dispatch != nil {
+		p.dispatch.start()
 	}
 	p.Pool = pool
 	p.pool.Store(pool)
@@ -392,11 +392,18 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 	defer p.mu.Unlock()
 	p.connected.Store(false)
 	p.stopped = true
+	// The read pool first, but its failure must not keep this one open.
+	var replicaErr error
 	if p.replica != nil {
-		if err := p.replica.shutdown(ctx); err != nil {
-			return err
-		}
+		replicaErr = p.replica.shutdown(ctx)
 	}
+	err := p.closePool(ctx)
+	return errors.Join(replicaErr, err)
+}
+
+// closePool closes the pgx pool and then the observers' dispatcher, within
+// ctx; see Shutdown.
+func (p *Pool) closePool(ctx context.Context) error {
 	// A read pool's dispatcher belongs to its primary.
 	dispatch := p.dispatch
 	if p.replicaOf != nil {

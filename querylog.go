@@ -68,7 +68,7 @@ type zapTraceLogger struct {
 	slow   time.Duration
 }
 
-func (z zapTraceLogger) Log(_ context.Context, level tracelog.LogLevel, msg string, data map[string]any) {
+func (z zapTraceLogger) Log(_ context.Context, _ tracelog.LogLevel, msg string, data map[string]any) {
 	duration, _ := data[traceTimeKey].(time.Duration)
 	slow := z.slow > 0 && duration >= z.slow
 	if !z.all && !slow {
@@ -84,7 +84,7 @@ func (z zapTraceLogger) Log(_ context.Context, level tracelog.LogLevel, msg stri
 	if ce == nil {
 		return
 	}
-	fields := make([]zap.Field, 0, len(data)+1)
+	fields := make([]zap.Field, 0, len(data))
 	for k, v := range data {
 		switch k {
 		case "args":
@@ -98,16 +98,9 @@ func (z zapTraceLogger) Log(_ context.Context, level tracelog.LogLevel, msg stri
 				continue
 			}
 			fields = append(fields, zap.Any(k, v))
-		case "password":
-			// tracelog's connect logs never carry one, but a secret must
-			// not reach a log through a future field either.
-			continue
 		default:
 			fields = append(fields, zap.Any(k, v))
 		}
-	}
-	if level == tracelog.LogLevelError {
-		fields = append(fields, zap.Bool("failed", true))
 	}
 	ce.Write(fields...)
 }
