@@ -98,6 +98,19 @@ func TestSRVModuleQueries(t *testing.T) {
 	assert.Equal(t, 1, dns.Queries(srvTestName), "the answer is cached for its TTL")
 }
 
+// TestSRVWithoutFx resolves through WithResolver, the way a program that
+// does not use fx gives New its resolver.
+func TestSRVWithoutFx(t *testing.T) {
+	srvURL, port := srvTestURL(t, fxtest_helpers.NewDatabase(t))
+	dns := dnstest.Start(t)
+	dns.SetSRV(srvTestName, 60, dnstest.SRV{Target: "127.0.0.1", Port: port})
+
+	pool := newPoolAt(t, srvURL, nil, sprocketspg.WithResolver(
+		discovery.NewDNSResolver(discovery.WithServer(dns.Addr()), discovery.WithTimeout(500*time.Millisecond))))
+	assert.Equal(t, int(port), srvTestServerPort(t, pool))
+	assert.Positive(t, dns.Queries(srvTestName))
+}
+
 func TestSRVModuleFollowsDNSChange(t *testing.T) {
 	dbURL := fxtest_helpers.NewDatabase(t)
 	srvURL, portA := srvTestURL(t, dbURL)

@@ -101,7 +101,8 @@ func assertReadyBody(t *testing.T, body map[string]any) {
 func TestHealthModuleStarted(t *testing.T) {
 	t.Parallel()
 	var checker *health.Checker
-	fxtest_helpers.NewApp(t, fx.Populate(&checker))
+	fxtest_helpers.NewApp(t, fx.Populate(&checker),
+		sprocketspg.ProvideHealthOptions(health.WithApplication("orders"), health.WithVersion("1.4.2")))
 	srv := healthServer(t, checker)
 
 	code, body := healthGet(t, srv, "/readyz")
@@ -115,6 +116,8 @@ func TestHealthModuleStarted(t *testing.T) {
 		assert.IsType(t, "", body[key], key)
 	}
 	assert.Equal(t, "ok", body["status"])
+	assert.Equal(t, "orders", body["application"], "from ProvideHealthOptions")
+	assert.Equal(t, "1.4.2", body["version"], "from ProvideHealthOptions")
 	pg, ok := body["postgres"].(map[string]any)
 	require.True(t, ok)
 	assert.Len(t, pg, 2)

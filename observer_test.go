@@ -72,6 +72,7 @@ func TestObserverSeesExecuteCallprocAndTransaction(t *testing.T) {
 	assert.Equal(t, "SELECT generate_series(1, 3) AS n", events[0].SQL)
 	assert.EqualValues(t, 3, events[0].RowCount)
 	assert.Equal(t, "observed", events[0].MetricName)
+	assert.Equal(t, "observed", sprocketspg.MetricName(events[0].Context), "the caller's context travels with the event")
 	assert.Positive(t, events[0].Duration)
 	assert.NoError(t, events[0].Err)
 

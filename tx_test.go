@@ -215,3 +215,26 @@ func hasSQLState(err error, code string) bool {
 }
 
 var _ pgx.Tx = (*sprocketspg.Tx)(nil)
+
+// TestTransactionTimeoutAboveClientBound checks that txn.Timeout raises the
+// client-side bound on waiting for an answer (QueryTimeout +
+// ConnectionTimeout, here 1.5 s) along with the server's statement
+// timeout, so a statement the transaction allows is not cut off by the
+// client.
+func TestTransactionTimeoutAboveClientBound(t *testing.T) {
+	pool, _ := newPool(t, func(c *sprocketspg.Config) {
+		c.QueryTimeout = 500 * time.Millisecond
+		c.ConnectionTimeout = time.Second
+	})
+	ctx := ctxT(t)
+	err := pool.Transaction(ctx, func(tx *sprocketspg.Tx) error {
+		_, err := tx.Execute(ctx, "SELECT pg_sleep(2)")
+		return err
+	}, txn.Timeout(5*time.Second))
+	require.NoError(t, err, "a 2 s statement inside a 5 s transaction timeout")
+
+	// Outside the transaction the connection's own bounds apply again.
+	_, err = pool.Execute(ctx, "SELECT pg_sleep(2)")
+	require.Error(t, err)
+	assert.True(t, sprocketspg.IsQueryTimeout(err), "want a query timeout, got %v", err)
+}
