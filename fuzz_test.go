@@ -1,8 +1,8 @@
 // Fuzz targets for configuration loading and printing. .ci/run runs each
-// one briefly (10 s) after the tests, as in:
+// one briefly (20,000 executions) after the tests, as in:
 //
-//	go test -run '^$' -fuzz '^FuzzLoadConfig$' -fuzztime 10s .
-//	go test -run '^$' -fuzz '^FuzzConfigString$' -fuzztime 10s .
+//	go test -run '^$' -fuzz '^FuzzLoadConfig$' -fuzztime 20000x .
+//	go test -run '^$' -fuzz '^FuzzConfigString$' -fuzztime 20000x .
 //
 // A failing input the fuzzer finds is written to testdata/fuzz/<target>/
 // and from then on runs as a seed in every plain `go test`.
