@@ -41,6 +41,8 @@ type Config struct {
 
 	// ConnectionTimeout bounds the time spent establishing one connection,
 	// and the time start-up keeps retrying an unreachable server.
+	// LoadConfig also reads it from POSTGRES_CONNECT_TIMEOUT, the name
+	// sprockets-postgres 1.8.1 reads.
 	ConnectionTimeout time.Duration `env:"POSTGRES_CONNECTION_TIMEOUT" envDefault:"10s"`
 
 	// ConnectionTTL is the age after which a connection is closed and
@@ -102,16 +104,20 @@ const (
 	EnvMaxPoolSize       = "POSTGRES_MAX_POOL_SIZE"
 	EnvMinPoolSize       = "POSTGRES_MIN_POOL_SIZE"
 	EnvConnectionTimeout = "POSTGRES_CONNECTION_TIMEOUT"
-	EnvConnectionTTL     = "POSTGRES_CONNECTION_TTL"
-	EnvQueryTimeout      = "POSTGRES_QUERY_TIMEOUT"
-	EnvHStore            = "POSTGRES_HSTORE"
-	EnvJSON              = "POSTGRES_JSON"
-	EnvUUID              = "POSTGRES_UUID"
-	EnvLogQueries        = "POSTGRES_LOG_QUERIES"
-	EnvLogQueryArgs      = "POSTGRES_LOG_QUERY_ARGS"
-	EnvSlowQuery         = "POSTGRES_SLOW_QUERY_THRESHOLD"
-	EnvQueryExecMode     = "POSTGRES_QUERY_EXEC_MODE"
-	EnvReadURL           = "POSTGRES_READ_URL"
+	// EnvConnectTimeout is the name sprockets-postgres 1.8.1 reads for
+	// ConnectionTimeout (its documentation says POSTGRES_CONNECTION_TIMEOUT);
+	// LoadConfig accepts either, and both only when they agree.
+	EnvConnectTimeout = "POSTGRES_CONNECT_TIMEOUT"
+	EnvConnectionTTL  = "POSTGRES_CONNECTION_TTL"
+	EnvQueryTimeout   = "POSTGRES_QUERY_TIMEOUT"
+	EnvHStore         = "POSTGRES_HSTORE"
+	EnvJSON           = "POSTGRES_JSON"
+	EnvUUID           = "POSTGRES_UUID"
+	EnvLogQueries     = "POSTGRES_LOG_QUERIES"
+	EnvLogQueryArgs   = "POSTGRES_LOG_QUERY_ARGS"
+	EnvSlowQuery      = "POSTGRES_SLOW_QUERY_THRESHOLD"
+	EnvQueryExecMode  = "POSTGRES_QUERY_EXEC_MODE"
+	EnvReadURL        = "POSTGRES_READ_URL"
 )
 
 // ErrInvalidConfig is matched by every error LoadConfig and Validate return
@@ -157,8 +163,14 @@ func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig 
 //
 // Durations accept plain seconds ("10", "1.5") as well as Go durations
 // ("1500ms"); booleans accept y, yes, t, true, on, 1 and n, no, f, false,
-// off, 0 in any case. A value that does not parse is an error that names
-// the variable and the value. LoadConfig does not require POSTGRES_URL, so
+// off, 0 in any case. ConnectionTimeout is read from
+// POSTGRES_CONNECTION_TIMEOUT or POSTGRES_CONNECT_TIMEOUT; two different
+// values are an error naming both.
+//
+// Every variable that is set is checked, for its syntax and for the rules
+// of Validate, and every bad one is reported in one joined error: each part
+// a *ConfigError that names the variable and the value as it was typed
+// (a URL's password masked). LoadConfig does not require POSTGRES_URL, so
 // that code can supply it; Validate does. A variable set to the empty
 // string counts as unset.
 func LoadConfig() (Config, error) {
@@ -173,23 +185,82 @@ func loadConfig(opts env.Options) (Config, error) {
 		reflect.TypeOf(false):            func(v string) (any, error) { return parseBool(v) },
 		reflect.TypeOf(0):                func(v string) (any, error) { return parseInt(v) },
 	}
-	err := env.ParseWithOptions(&cfg, opts)
-	if err == nil {
-		return cfg, nil
+	var errs []error
+	// bad holds the variables already reported, so that a value that does
+	// not parse is not also reported for what its zero value breaks.
+	bad := map[string]bool{}
+	if err := env.ParseWithOptions(&cfg, opts); err != nil {
+		for _, e := range translateEnvError(err, opts) {
+			var ce *ConfigError
+			if errors.As(e, &ce) {
+				bad[ce.Variable] = true
+			}
+			errs = append(errs, e)
+		}
 	}
-	return Config{}, translateEnvError(err, opts)
+	if err := applyConnectTimeout(&cfg, opts, bad); err != nil {
+		errs = append(errs, err)
+	}
+	// The value rules apply to what the environment set; a value left to
+	// its default is fine, and one code will set is Validate's to check.
+	for _, ce := range cfg.problems() {
+		variable := ce.Variable
+		if variable == EnvConnectionTimeout && !isSet(opts, EnvConnectionTimeout) {
+			variable = EnvConnectTimeout
+		}
+		raw, set := lookupSet(opts, variable)
+		if !set || bad[variable] {
+			continue
+		}
+		ce.Variable, ce.Value = variable, raw
+		if variable == EnvURL || variable == EnvReadURL {
+			ce.Value = redact.ConnString(raw)
+		}
+		errs = append(errs, ce)
+	}
+	if len(errs) > 0 {
+		return Config{}, errors.Join(errs...)
+	}
+	return cfg, nil
+}
+
+// applyConnectTimeout reads POSTGRES_CONNECT_TIMEOUT, the seed's own name
+// for the connection timeout, into cfg.
+func applyConnectTimeout(cfg *Config, opts env.Options, bad map[string]bool) error {
+	raw, set := lookupSet(opts, EnvConnectTimeout)
+	if !set {
+		return nil
+	}
+	d, err := parseSeconds(raw)
+	if err != nil {
+		bad[EnvConnectTimeout] = true
+		return &ConfigError{Variable: EnvConnectTimeout, Value: raw, Reason: err.Error()}
+	}
+	other, otherSet := lookupSet(opts, EnvConnectionTimeout)
+	switch {
+	case !otherSet:
+		cfg.ConnectionTimeout = d
+	case bad[EnvConnectionTimeout]:
+		// Already reported; which of the two wins cannot matter yet.
+	case d != cfg.ConnectionTimeout:
+		bad[EnvConnectTimeout] = true
+		return &ConfigError{Variable: EnvConnectTimeout, Value: raw,
+			Reason: fmt.Sprintf("differs from %s (%q): they are two names for one setting; set one of them",
+				EnvConnectionTimeout, other)}
+	}
+	return nil
 }
 
 // translateEnvError turns env's field-named errors into ConfigErrors that
 // name the variable and the raw value.
-func translateEnvError(err error, opts env.Options) error {
+func translateEnvError(err error, opts env.Options) []error {
 	params, perr := env.GetFieldParamsWithOptions(&Config{}, env.Options{})
 	if perr != nil {
-		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		return []error{fmt.Errorf("%w: %w", ErrInvalidConfig, err)}
 	}
 	var agg env.AggregateError
 	if !errors.As(err, &agg) {
-		return fmt.Errorf("%w: %w", ErrInvalidConfig, err)
+		return []error{fmt.Errorf("%w: %w", ErrInvalidConfig, err)}
 	}
 	t := reflect.TypeOf(Config{})
 	var out []error
@@ -218,7 +289,19 @@ func translateEnvError(err error, opts env.Options) error {
 		}
 		out = append(out, ce)
 	}
-	return errors.Join(out...)
+	return out
+}
+
+// lookupSet returns the value of the environment variable key and whether
+// it is set to something other than the empty string.
+func lookupSet(opts env.Options, key string) (string, bool) {
+	v := lookupEnv(opts, key)
+	return v, v != ""
+}
+
+func isSet(opts env.Options, key string) bool {
+	_, set := lookupSet(opts, key)
+	return set
 }
 
 func lookupEnv(opts env.Options, key string) string {
@@ -306,7 +389,17 @@ var queryExecModes = map[string]pgx.QueryExecMode{
 // each part is a *ConfigError that names its environment variable. It
 // returns nil for a usable Config.
 func (c Config) Validate() error {
-	var errs []error
+	problems := c.problems()
+	errs := make([]error, len(problems))
+	for i, p := range problems {
+		errs[i] = p
+	}
+	return errors.Join(errs...)
+}
+
+// problems lists what Validate reports, one entry per bad setting.
+func (c Config) problems() []*ConfigError {
+	var errs []*ConfigError
 	bad := func(variable, value, reason string) {
 		errs = append(errs, &ConfigError{Variable: variable, Value: value, Reason: reason})
 	}
@@ -353,10 +446,10 @@ func (c Config) Validate() error {
 	if c.QueryTimeout > 0 && c.QueryTimeout < time.Millisecond {
 		bad(EnvQueryTimeout, c.QueryTimeout.String(), "must be at least 1ms (statement_timeout counts milliseconds)")
 	}
-	return errors.Join(errs...)
+	return errs
 }
 
-func validateURL(variable, raw string) error {
+func validateURL(variable, raw string) *ConfigError {
 	if strings.TrimSpace(raw) == "" {
 		return &ConfigError{
 			Variable: variable,

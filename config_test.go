@@ -148,6 +148,112 @@ func TestLoadConfigReportsEveryBadVariable(t *testing.T) {
 	assert.Contains(t, err.Error(), EnvUUID)
 }
 
+// configErrors returns the *ConfigErrors joined in err, by variable.
+func configErrors(t *testing.T, err error) map[string]*ConfigError {
+	t.Helper()
+	joined, ok := err.(interface{ Unwrap() []error })
+	require.True(t, ok, "want a joined error, got %T: %v", err, err)
+	out := map[string]*ConfigError{}
+	for _, e := range joined.Unwrap() {
+		var ce *ConfigError
+		require.ErrorAs(t, e, &ce)
+		_, dup := out[ce.Variable]
+		assert.False(t, dup, "%s reported twice in %v", ce.Variable, err)
+		out[ce.Variable] = ce
+	}
+	return out
+}
+
+// A run with several bad variables reports all of them, those that do not
+// parse and those that parse to a value that cannot work, each with the
+// value as it was typed.
+func TestLoadConfigReportsParseAndValueErrorsTogether(t *testing.T) {
+	_, err := loadFrom(t, map[string]string{
+		EnvURL:            "mysql://app:s3cret-Pa55@db/app",
+		EnvMaxPoolSize:    "ten",
+		EnvMinPoolSize:    "-2",
+		EnvQueryTimeout:   "-1",
+		EnvConnectionTTL:  "0",
+		EnvSlowQuery:      "-250ms",
+		EnvQueryExecMode:  "turbo",
+		EnvUUID:           "perhaps",
+		EnvReadURL:        "ftp://reader:s3cret-Pa55@replica/app",
+		EnvLogQueries:     "on", // fine: not reported
+		EnvConnectTimeout: "5",  // fine: not reported
+	})
+	require.Error(t, err)
+	assert.ErrorIs(t, err, ErrInvalidConfig)
+	assert.NotContains(t, err.Error(), "s3cret-Pa55")
+	got := configErrors(t, err)
+	want := map[string]string{
+		EnvURL:           "mysql://app:xxxxx@db/app",
+		EnvMaxPoolSize:   "ten",
+		EnvMinPoolSize:   "-2",
+		EnvQueryTimeout:  "-1",
+		EnvConnectionTTL: "0",
+		EnvSlowQuery:     "-250ms",
+		EnvQueryExecMode: "turbo",
+		EnvUUID:          "perhaps",
+		EnvReadURL:       "ftp://reader:xxxxx@replica/app",
+	}
+	for variable, value := range want {
+		if assert.Contains(t, got, variable, "%v", err) {
+			assert.Equal(t, value, got[variable].Value, variable)
+		}
+	}
+	assert.Len(t, got, len(want), "%v", err)
+	assert.Contains(t, err.Error(), `invalid POSTGRES_QUERY_TIMEOUT "-1": must be greater than zero`)
+}
+
+// A value left to its default, or one that code sets later, is not
+// LoadConfig's to refuse: only what the environment set is checked.
+func TestLoadConfigChecksOnlyWhatIsSet(t *testing.T) {
+	cfg, err := loadFrom(t, map[string]string{EnvMinPoolSize: "10"})
+	require.NoError(t, err, "MIN 10 with the default MAX 10 is fine")
+	assert.Equal(t, 10, cfg.MinPoolSize)
+
+	_, err = loadFrom(t, map[string]string{EnvMinPoolSize: "11"})
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), `invalid POSTGRES_MIN_POOL_SIZE "11": must not exceed POSTGRES_MAX_POOL_SIZE (10)`)
+
+	// No URL is fine here; Validate requires it.
+	cfg, err = loadFrom(t, map[string]string{})
+	require.NoError(t, err)
+	assert.ErrorContains(t, cfg.Validate(), EnvURL)
+}
+
+func TestLoadConfigConnectTimeoutAlias(t *testing.T) {
+	cfg, err := loadFrom(t, map[string]string{EnvConnectTimeout: "2.5"})
+	require.NoError(t, err)
+	assert.Equal(t, 2500*time.Millisecond, cfg.ConnectionTimeout)
+
+	cfg, err = loadFrom(t, map[string]string{EnvConnectTimeout: "3", EnvConnectionTimeout: "3000ms"})
+	require.NoError(t, err, "the same value under both names")
+	assert.Equal(t, 3*time.Second, cfg.ConnectionTimeout)
+
+	_, err = loadFrom(t, map[string]string{EnvConnectTimeout: "3", EnvConnectionTimeout: "4"})
+	require.Error(t, err)
+	assert.ErrorIs(t, err, ErrInvalidConfig)
+	assert.Contains(t, err.Error(), EnvConnectTimeout)
+	assert.Contains(t, err.Error(), EnvConnectionTimeout)
+	assert.Contains(t, err.Error(), `"3"`)
+	assert.Contains(t, err.Error(), `"4"`)
+
+	for _, value := range []string{"soon", "-1", "0"} {
+		_, err = loadFrom(t, map[string]string{EnvConnectTimeout: value})
+		require.Error(t, err, value)
+		var ce *ConfigError
+		require.ErrorAs(t, err, &ce)
+		assert.Equal(t, EnvConnectTimeout, ce.Variable, value)
+		assert.Equal(t, value, ce.Value)
+	}
+
+	// The documented name alone still works, and wins over nothing.
+	cfg, err = loadFrom(t, map[string]string{EnvConnectionTimeout: "7"})
+	require.NoError(t, err)
+	assert.Equal(t, 7*time.Second, cfg.ConnectionTimeout)
+}
+
 func validConfig() Config {
 	return Config{
 		URL:               "postgresql://app:s3cret-Pa55@db.example.com:5432/app",
