@@ -3,16 +3,28 @@ package sprocketspg
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/puddle/v2"
+
+	"github.com/sprockets/sprocketspg/internal/ctxerr"
 )
 
-// ErrNotConnected is returned by Pool methods called before the pool has
-// started or after it has begun to stop.
+// ErrNotConnected is matched (errors.Is) by the errors of Pool methods
+// called before the pool has started or after it has begun to stop,
+// including calls that were waiting for a connection when stop began.
 var ErrNotConnected = errors.New("postgres pool is not connected")
+
+// ErrConnectionRejected is matched (errors.Is) by the error of a start-up
+// that the server refused for a reason that trying again cannot cure: a
+// wrong password (SQLSTATE 28P01), a role that does not exist or no
+// pg_hba.conf entry for it (28000), a database that does not exist
+// (3D000) or no CONNECT privilege on it (42501). Such a start fails on its
+// first attempt; the error also wraps the server's *pgconn.PgError.
+var ErrConnectionRejected = errors.New("postgres server rejected the connection")
 
 // ErrConnectTimeout is matched (errors.Is) by the error of a start-up that
 // could not connect within Config.ConnectionTimeout. IsConnectionError
@@ -33,6 +45,11 @@ const (
 	codeCannotConnectNow     = "57P03"
 	codeTooManyConnections   = "53300"
 	classConnectionException = "08"
+
+	codeInvalidPassword       = "28P01"
+	codeInvalidAuthorization  = "28000"
+	codeInvalidCatalogName    = "3D000"
+	codeInsufficientPrivilege = "42501"
 )
 
 // IsUniqueViolation reports whether err (or any error it wraps) is a
@@ -46,10 +63,13 @@ func IsUniqueViolation(err error) bool { return hasCode(err, codeUniqueViolation
 func IsForeignKeyViolation(err error) bool { return hasCode(err, codeForeignKeyViolation) }
 
 // IsQueryTimeout reports whether err means a query ran out of time: the
-// server cancelled it (statement_timeout or a cancel request, SQLSTATE
-// 57014) or the caller's context deadline passed.
+// server cancelled it (statement_timeout, or an operator's
+// pg_cancel_backend, SQLSTATE 57014) or the caller's context deadline
+// passed. A caller's context that was cancelled (context.Canceled: the
+// client went away) is not a timeout, whether it struck while the query
+// waited for a connection or while it ran.
 func IsQueryTimeout(err error) bool {
-	if err == nil {
+	if err == nil || errors.Is(err, context.Canceled) {
 		return false
 	}
 	return hasCode(err, codeQueryCanceled) ||
@@ -101,4 +121,33 @@ func IsConnectionError(err error) bool {
 func hasCode(err error, code string) bool {
 	var pgErr *pgconn.PgError
 	return errors.As(err, &pgErr) && pgErr.Code == code
+}
+
+// callError is the error a call of the pool returns for err, the error
+// pgx gave it, with the rules every Pool and Tx method follows: a call
+// that ended because ctx did matches ctx.Err(), however far it had got
+// (see ctxerr.Wrap), and a call that was waiting for a connection when
+// the pool closed matches ErrNotConnected.
+func callError(ctx context.Context, err error) error {
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, puddle.ErrClosedPool) && !errors.Is(err, ErrNotConnected) {
+		err = fmt.Errorf("%w: %w", ErrNotConnected, err)
+	}
+	return ctxerr.Wrap(ctx, err)
+}
+
+// rejection returns the server's error when err is a refusal that
+// retrying cannot cure (see ErrConnectionRejected), else nil.
+func rejection(err error) *pgconn.PgError {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return nil
+	}
+	switch pgErr.Code {
+	case codeInvalidPassword, codeInvalidAuthorization, codeInvalidCatalogName, codeInsufficientPrivilege:
+		return pgErr
+	}
+	return nil
 }

@@ -34,6 +34,13 @@ type Problem struct {
 	SQLState string `json:"sqlstate,omitempty"`
 }
 
+// StatusClientClosedRequest is the status of the Problem for a call whose
+// context was cancelled, as when the HTTP client went away: 499, the code
+// nginx logs for a client that closed its connection first. No client
+// reads it; it keeps logs and metrics from counting the abandoned request
+// as a server error or a timeout.
+const StatusClientClosedRequest = 499
+
 // ClassifyError maps a database error to the HTTP status and title the
 // Python original's on_postgres_error used:
 //
@@ -44,11 +51,22 @@ type Problem struct {
 //	SQLSTATE class 08, 53 or 57 (not 57014) 503 Database Error
 //	any other PostgreSQL error              500 Database Error
 //
+// A query timeout is the server's statement_timeout or an operator's
+// pg_cancel_backend (SQLSTATE 57014), or a caller's context deadline that
+// passed, whether the call was waiting for a connection or running. A
+// caller's context that was cancelled (context.Canceled, the client went
+// away) is neither a timeout nor the database's fault: it is 499 Client
+// Closed Request (StatusClientClosedRequest), at whatever stage it struck.
+//
 // It returns false for errors that are not database errors, which the
 // caller handles as it would without this package.
 func ClassifyError(err error) (Problem, bool) {
 	if err == nil {
 		return Problem{}, false
+	}
+	if errors.Is(err, context.Canceled) {
+		return newProblem("client-closed-request", "Client Closed Request", StatusClientClosedRequest,
+			"the caller cancelled the request before the database answered", ""), true
 	}
 	connectionError := newProblem("database-connection-error", "Database Connection Error",
 		http.StatusServiceUnavailable, "the database could not be reached", "")
@@ -59,13 +77,15 @@ func ClassifyError(err error) (Problem, bool) {
 		return connectionError, true
 	}
 	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
+	if errors.As(err, &pgErr) && !errors.Is(err, context.DeadlineExceeded) {
 		return classifyPgError(pgErr), true
 	}
 	switch {
 	case IsConnectionError(err):
 		return connectionError, true
 	case IsQueryTimeout(err):
+		// The same answer whether the deadline struck while the call
+		// waited for a connection or after the server had the statement.
 		return newProblem("query-timeout", "Query Timeout", http.StatusInternalServerError,
 			"the query did not finish within its time limit", ""), true
 	}

@@ -60,6 +60,7 @@ func (p *Pool) Transaction(ctx context.Context, fn func(tx *Tx) error, opts ...t
 		}
 		return fn(&Tx{Tx: tx, pool: p})
 	}, all...)
+	err = callError(ctx, err)
 	p.observe(ctx, OperationTransaction, settings.MetricName, "", began, 0, err)
 	if err != nil {
 		if settings.MetricName != "" {

@@ -11,6 +11,8 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 	"go.uber.org/zap"
+
+	"github.com/sprockets/sprocketspg/internal/ctxerr"
 )
 
 // Beginner starts a transaction. *pgxpool.Pool, *pgx.Conn and pgx.Tx
@@ -97,8 +99,11 @@ func IsRetryable(err error) bool {
 // pgx.ErrTxCommitRollback, a deferred constraint failing at commit its
 // *pgconn.PgError); ctx's error, wrapped, when ctx ended after fn returned
 // nil; and, with Retries, a *RetryError when every attempt failed with a
-// serialization failure or a deadlock. A failed ROLLBACK is logged, not
-// returned: pgx closes such a connection, so it never returns to a pool.
+// serialization failure or a deadlock. Whenever the attempt ended because
+// ctx did, however far it had got, the error matches ctx.Err() (and still
+// wraps the server's *pgconn.PgError when there is one). A failed ROLLBACK
+// is logged, not returned: pgx closes such a connection, so it never
+// returns to a pool.
 func Run(ctx context.Context, db Beginner, fn func(ctx context.Context, tx pgx.Tx) error, opts ...Option) error {
 	s := Apply(opts...)
 	_, nested := db.(pgx.Tx)
@@ -141,7 +146,9 @@ func Run(ctx context.Context, db Beginner, fn func(ctx context.Context, tx pgx.T
 			)
 		}
 	}
-	return err
+	// A statement cancelled because ctx ended comes back as the server's
+	// 57014; the caller is told it was its own context.
+	return ctxerr.Wrap(ctx, err)
 }
 
 // validate checks what the server would otherwise reject mid-way, or what
