@@ -165,7 +165,9 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 			}
 		}
 	}
-	pc.AfterConnect, pc.BeforeConnect = ourAfter, ourBefore
+	// The gate comes first, so that a refused connection costs no DNS
+	// lookup and no hook of the user's.
+	pc.AfterConnect, pc.BeforeConnect = ourAfter, chainConnHooks(refuseInitialFill, ourBefore)
 	pc.BeforeClose, pc.ShouldPing = ourClose, ourShouldPing
 	pc.ConnConfig.Tracer = combineTracers(tracers)
 	target := describeTarget(pc.ConnConfig)
@@ -287,12 +289,17 @@ func (p *Pool) start(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectionTimeout)
 	defer cancel()
 
-	pool, err := pgxpool.NewWithConfig(ctx, p.poolConfig)
+	// pgxpool would open MinConns connections in the background as well
+	// as the ones start opens; the marker makes the gate refuse those.
+	pool, err := pgxpool.NewWithConfig(context.WithValue(context.Background(), initialFillKey{}, true), p.poolConfig)
 	if err != nil {
 		return p.scrub(fmt.Errorf("create postgres pool for %s: %w", p.target, err))
 	}
 	if err := p.connect(ctx, pool); err != nil {
 		pool.Close()
+		if pgErr := rejection(err); pgErr != nil {
+			return p.scrub(fmt.Errorf("connect to postgres at %s: %w: %w", p.target, ErrConnectionRejected, pgErr))
+		}
 		// When the connection timeout, not the caller, ended the attempts,
 		// the server is what failed, whatever the last attempt returned.
 		if parent.Err() == nil {
@@ -300,7 +307,7 @@ func (p *Pool) start(ctx context.Context) error {
 		}
 		return p.scrub(fmt.Errorf("connect to postgres at %s within %s: %w", p.target, p.cfg.ConnectionTimeout, err))
 	}
-	if err := openConnections(ctx, pool, p.cfg.MinPoolSize); err != nil {
+	if err := p.openConnections(ctx, pool, p.cfg.MinPoolSize); err != nil {
 		pool.Close()
 		if parent.Err() == nil && ctx.Err() != nil {
 			err = fmt.Errorf("%w: %w", ErrConnectTimeout, err)
@@ -308,7 +315,7 @@ func (p *Pool) start(ctx context.Context) error {
 		return p.scrub(fmt.Errorf("open %d connections to postgres at %s: %w", p.cfg.MinPoolSize, p.target, err))
 	}
 	if p.replica != nil {
-		if err := p.replica.start(p.logger); err != nil {
+		if err := p.replica.start(); err != nil {
 			pool.Close()
 			return err
 		}
@@ -340,6 +347,12 @@ func (p *Pool) connect(ctx context.Context, pool *pgxpool.Pool) error {
 		if err == nil {
 			return nil
 		}
+		// A wrong password or a missing database is the same on the
+		// next attempt; waiting out the connection timeout would only
+		// hide the server's answer.
+		if rejection(err) != nil {
+			return err
+		}
 		// The final attempt usually fails only because ctx ended; the
 		// error before it says why the server could not be reached.
 		if last == nil || ctx.Err() == nil || !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
@@ -363,21 +376,63 @@ func (p *Pool) connect(ctx context.Context, pool *pgxpool.Pool) error {
 	}
 }
 
-// openConnections makes sure at least n connections are open when start
-// returns, instead of leaving pgxpool to open them in the background.
-func openConnections(ctx context.Context, pool *pgxpool.Pool, n int) error {
-	conns := make([]*pgxpool.Conn, 0, n)
-	defer func() {
-		for _, c := range conns {
-			c.Release()
-		}
-	}()
-	for range n {
+// initialFillKey marks the context of pgxpool's background fill to
+// MinConns at pool creation, which refuseInitialFill refuses: start opens
+// those connections itself, so that it can report why one failed and so
+// that exactly MinPoolSize are open when it returns, not those plus
+// pgxpool's.
+type initialFillKey struct{}
+
+// errInitialFill is what pgxpool's initial fill gets; pgxpool drops it.
+var errInitialFill = errors.New("connections at start are opened by sprocketspg")
+
+// refuseInitialFill is the first BeforeConnect hook of every pool.
+// pgxpool's later top-ups to MinConns (after connections are closed for
+// age or idleness) do not carry the marker and go ahead.
+func refuseInitialFill(ctx context.Context, _ *pgx.ConnConfig) error {
+	if ctx.Value(initialFillKey{}) != nil {
+		return errInitialFill
+	}
+	return nil
+}
+
+// openConnections leaves exactly n connections open when start returns.
+// The ping of connect has opened one, which is idle in the pool: with n of
+// zero it is closed again, so that none is open until the first query;
+// otherwise n acquired at once reuse it and open the rest concurrently.
+func (p *Pool) openConnections(ctx context.Context, pool *pgxpool.Pool, n int) error {
+	if n == 0 {
 		c, err := pool.Acquire(ctx)
 		if err != nil {
 			return err
 		}
-		conns = append(conns, c)
+		// Hijack takes the connection out of the pool, which then closes
+		// nothing of its own accord: the pool's BeforeClose hooks run by
+		// hand.
+		conn := c.Hijack()
+		if p.poolConfig.BeforeClose != nil {
+			p.poolConfig.BeforeClose(conn)
+		}
+		return conn.Close(ctx)
+	}
+	conns := make([]*pgxpool.Conn, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { conns[i], errs[i] = pool.Acquire(ctx) })
+	}
+	wg.Wait()
+	for _, c := range conns {
+		if c != nil {
+			c.Release()
+		}
+	}
+	// The attempts share ctx, so after one failure the rest usually fail
+	// only because ctx ended; the first error says why.
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -477,7 +532,8 @@ func (p *Pool) Config() Config {
 // Status runs SELECT 1 through the pool within three seconds (or ctx's
 // earlier deadline) and reports the outcome with the pool's size. Before
 // the pool starts and after it stops it reports Available false and sizes
-// of zero, with Err set to ErrNotConnected.
+// of zero, with Err set to ErrNotConnected. When ctx ends first, Err
+// matches ctx.Err().
 func (p *Pool) Status(ctx context.Context) Status {
 	pool := p.pool.Load()
 	if pool == nil || !p.connected.Load() {
@@ -492,7 +548,7 @@ func (p *Pool) Status(ctx context.Context) Status {
 		Available: err == nil,
 		PoolSize:  int(st.TotalConns()),
 		PoolFree:  int(st.IdleConns()),
-		Err:       p.scrub(err),
+		Err:       p.scrub(callError(ctx, err)),
 	}
 }
 
@@ -505,8 +561,11 @@ func (p *Pool) Status(ctx context.Context) Status {
 // that failed before any of it reached the server (a dead connection) is
 // sent once more on another connection.
 //
-// Execute returns ErrNotConnected before start and after stop; other errors
-// wrap pgx's, so IsUniqueViolation, IsQueryTimeout and errors.As with
+// Execute returns an error matching ErrNotConnected before start and after
+// stop (also to a call still waiting for a connection when stop begins),
+// and one matching ctx.Err() when ctx ended the call, whether it was
+// waiting for a connection or running on the server. Other errors wrap
+// pgx's, so IsUniqueViolation, IsQueryTimeout and errors.As with
 // *pgconn.PgError work on them.
 func (p *Pool) Execute(ctx context.Context, sql string, args ...any) (QueryResult, error) {
 	pool, err := p.livePool()
@@ -614,6 +673,7 @@ func (p *Pool) livePool() (*pgxpool.Pool, error) {
 // wraps its error, naming label and the metric name.
 func (p *Pool) finish(ctx context.Context, op Operation, label, sql string, began time.Time, res QueryResult, err error) error {
 	name := MetricName(ctx)
+	err = callError(ctx, err)
 	p.observe(ctx, op, name, sql, began, res.RowCount, err)
 	p.noteConnectionError(err)
 	if err == nil {

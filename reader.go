@@ -20,10 +20,12 @@ const replicaCheckInterval = time.Second
 type replica struct {
 	pool *Pool
 	// up is true while the last ping succeeded and no query has since
-	// failed to reach the server.
-	up   atomic.Bool
-	stop chan struct{}
-	done chan struct{}
+	// failed to reach the server. It changes only through markUp and
+	// markDown, which log each change once, whoever noticed it.
+	up     atomic.Bool
+	logger *zap.Logger
+	stop   chan struct{}
+	done   chan struct{}
 }
 
 // newReplica prepares the read pool of cfg.ReadURL. It does no I/O.
@@ -42,7 +44,7 @@ func newReplica(cfg Config, o options) (*replica, error) {
 		}
 		return nil, err
 	}
-	r := &replica{pool: rp, stop: make(chan struct{}), done: make(chan struct{})}
+	r := &replica{pool: rp, logger: rp.logger, stop: make(chan struct{}), done: make(chan struct{})}
 	rp.replicaOf = r
 	return r, nil
 }
@@ -50,7 +52,7 @@ func newReplica(cfg Config, o options) (*replica, error) {
 // start builds the read pool without waiting for the server, and watches
 // it from then on. Until its first ping succeeds, Reader hands out the
 // primary.
-func (r *replica) start(logger *zap.Logger) error {
+func (r *replica) start() error {
 	rp := r.pool
 	rp.mu.Lock()
 	defer rp.mu.Unlock()
@@ -63,12 +65,12 @@ func (r *replica) start(logger *zap.Logger) error {
 	rp.Pool = pool
 	rp.pool.Store(pool)
 	rp.connected.Store(true)
-	go r.watch(logger)
+	go r.watch()
 	return nil
 }
 
 // watch pings the replica every replicaCheckInterval until stop.
-func (r *replica) watch(logger *zap.Logger) {
+func (r *replica) watch() {
 	defer close(r.done)
 	timeout := min(r.pool.cfg.ConnectionTimeout, 2*time.Second)
 	ticker := time.NewTicker(replicaCheckInterval)
@@ -77,19 +79,32 @@ func (r *replica) watch(logger *zap.Logger) {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
 		err := r.pool.Ping(ctx)
 		cancel()
-		if up := err == nil; r.up.Swap(up) != up {
-			if up {
-				logger.Info("postgres read replica available", zap.String("target", r.pool.target))
-			} else {
-				logger.Warn("postgres read replica unavailable; reads go to the primary",
-					zap.String("target", r.pool.target), zap.Error(err))
-			}
+		if err == nil {
+			r.markUp()
+		} else {
+			r.markDown(err)
 		}
 		select {
 		case <-r.stop:
 			return
 		case <-ticker.C:
 		}
+	}
+}
+
+// markUp records that the replica answered, logging the change from down.
+func (r *replica) markUp() {
+	if !r.up.Swap(true) {
+		r.logger.Info("postgres read replica available", zap.String("target", r.pool.target))
+	}
+}
+
+// markDown records that the replica could not be reached, by a ping or a
+// query, logging the change from up once per outage.
+func (r *replica) markDown(err error) {
+	if r.up.Swap(false) {
+		r.logger.Warn("postgres read replica unavailable; reads go to the primary",
+			zap.String("target", r.pool.target), zap.Error(err))
 	}
 }
 
@@ -135,6 +150,6 @@ func (p *Pool) Reader() *Pool {
 // could not reach the server.
 func (p *Pool) noteConnectionError(err error) {
 	if r := p.replicaOf; r != nil && err != nil && IsConnectionError(err) {
-		r.up.Store(false)
+		r.markDown(err)
 	}
 }

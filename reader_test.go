@@ -10,6 +10,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/sprockets/sprocketspg"
 	"github.com/sprockets/sprocketspg/fxtest_helpers"
@@ -126,4 +129,35 @@ func TestReadURLValidation(t *testing.T) {
 	assert.Contains(t, err.Error(), sprocketspg.EnvReadURL)
 	assert.NotContains(t, err.Error(), "secret")
 	assert.NotContains(t, cfg.String(), "secret")
+}
+
+// The warning that the replica is down is logged once per outage, also
+// when a query finds the replica gone before the background ping does.
+func TestReaderLogsEachOutageOnce(t *testing.T) {
+	srv := fxtest_helpers.StartServer(t)
+	replicaURL := srv.NewDatabase(t)
+	core, logs := observer.New(zapcore.InfoLevel)
+	pool, _ := newPool(t, func(c *sprocketspg.Config) {
+		c.ReadURL = replicaURL
+		c.ConnectionTimeout = 2 * time.Second
+	}, sprocketspg.WithLogger(zap.New(core)))
+	const down = "postgres read replica unavailable; reads go to the primary"
+	const up = "postgres read replica available"
+
+	ctx := ctxT(t)
+	for outage := 1; outage <= 2; outage++ {
+		require.Eventually(t, func() bool { return pool.Reader() != pool }, 5*time.Second, 10*time.Millisecond)
+		reader := pool.Reader()
+		require.NoError(t, srv.Stop(ctx))
+		// The query comes right after the stop, within the second between
+		// two pings, so it usually notices first.
+		_, err := reader.Execute(ctx, "SELECT 1")
+		require.Error(t, err)
+		require.Eventually(t, func() bool { return pool.Reader() == pool }, 3*time.Second, 10*time.Millisecond)
+		// Pings go on failing for a while; none logs again.
+		time.Sleep(2500 * time.Millisecond)
+		assert.Equal(t, outage, logs.FilterMessage(down).Len(), "outage %d", outage)
+		require.NoError(t, srv.Start(ctx))
+		require.Eventually(t, func() bool { return logs.FilterMessage(up).Len() == outage+1 }, 5*time.Second, 10*time.Millisecond)
+	}
 }
