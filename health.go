@@ -3,11 +3,19 @@ package sprocketspg
 import (
 	"context"
 	"fmt"
+	"os"
+	"time"
 
 	"go.uber.org/fx"
+	"go.uber.org/zap"
 
 	"github.com/sprockets/sprocketspg/health"
 )
+
+// EnvShutdownDelay is the environment variable from which Module takes the
+// drain delay of its *health.Checker (health.WithDrainDelay): seconds
+// ("5", "1.5") or a Go duration ("500ms"); unset means zero.
+const EnvShutdownDelay = "SHUTDOWN_DELAY"
 
 // HealthOptionsGroup is the fx value group whose health.Options Module
 // applies to the *health.Checker it provides, such as
@@ -21,7 +29,13 @@ type CheckerParams struct {
 	Pool      *Pool
 	Lifecycle fx.Lifecycle
 
-	// Options come from the HealthOptionsGroup value group.
+	// Logger receives the checker's logs: changes of the database's
+	// health and the start of a drain.
+	Logger *zap.Logger `optional:"true"`
+
+	// Options come from the HealthOptionsGroup value group; they apply
+	// after Module's own, so health.WithDrainDelay there wins over
+	// SHUTDOWN_DELAY.
 	Options []health.Option `group:"sprocketspg_health_options"`
 }
 
@@ -48,9 +62,19 @@ func NewChecker(pool *Pool, opts ...health.Option) *health.Checker {
 // start-up to the beginning of stop: its hooks are appended after the
 // pool's, so fx runs its OnStart after the pool has connected and its
 // OnStop before the pool starts to close, and readiness fails while
-// in-flight work drains.
-func provideChecker(p CheckerParams) *health.Checker {
-	c := health.NewChecker(poolHealth{p.Pool}, withReplicaCheck(p.Pool, p.Options)...)
+// in-flight work drains. Its drain delay comes from SHUTDOWN_DELAY; a
+// value that does not parse fails the application's construction with an
+// error naming the variable.
+func provideChecker(p CheckerParams) (*health.Checker, error) {
+	delay, err := shutdownDelay(os.Getenv(EnvShutdownDelay))
+	if err != nil {
+		return nil, err
+	}
+	opts := []health.Option{health.WithDrainDelay(delay)}
+	if p.Logger != nil {
+		opts = append(opts, health.WithLogger(p.Logger))
+	}
+	c := health.NewChecker(poolHealth{p.Pool}, withReplicaCheck(p.Pool, append(opts, p.Options...))...)
 	p.Lifecycle.Append(fx.Hook{
 		OnStart: func(context.Context) error {
 			c.SetReady(true)
@@ -61,7 +85,22 @@ func provideChecker(p CheckerParams) *health.Checker {
 			return nil
 		},
 	})
-	return c
+	return c, nil
+}
+
+// shutdownDelay parses the value of SHUTDOWN_DELAY.
+func shutdownDelay(raw string) (time.Duration, error) {
+	if raw == "" {
+		return 0, nil
+	}
+	d, err := parseSeconds(raw)
+	if err != nil {
+		return 0, &ConfigError{Variable: EnvShutdownDelay, Value: raw, Reason: err.Error()}
+	}
+	if d < 0 {
+		return 0, &ConfigError{Variable: EnvShutdownDelay, Value: raw, Reason: "must not be negative (0 turns it off)"}
+	}
+	return d, nil
 }
 
 // withReplicaCheck adds the read replica, if pool has one, to the checks.
@@ -87,15 +126,15 @@ func (h poolHealth) Stats() health.Stats {
 
 // Ping acquires a connection from the pool and checks that the server
 // answers. Unlike the embedded pgxpool method it is safe before start and
-// after stop, where it returns ErrNotConnected; other errors never contain
-// the password.
+// after stop, where it returns ErrNotConnected, and a ping that ctx ended
+// returns an error matching ctx.Err(); errors never contain the password.
 func (p *Pool) Ping(ctx context.Context) error {
 	pool, err := p.livePool()
 	if err != nil {
 		return err
 	}
 	if err := pool.Ping(ctx); err != nil {
-		return p.scrub(fmt.Errorf("ping postgres at %s: %w", p.target, err))
+		return p.scrub(fmt.Errorf("ping postgres at %s: %w", p.target, callError(ctx, err)))
 	}
 	return nil
 }

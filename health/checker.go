@@ -64,6 +64,11 @@ type Checker struct {
 
 	ready atomic.Bool
 
+	// drainDelay is how long Drain waits; drainUntil, guarded by mu, is
+	// when the first Drain's wait ends (zero before any).
+	drainDelay time.Duration
+	drainUntil time.Time
+
 	mu sync.Mutex
 	// gen counts readiness changes, so that a result obtained across one
 	// is neither cached nor reused: a ping that failed while the pool was
@@ -112,6 +117,7 @@ func NewChecker(db Database, opts ...Option) *Checker {
 		application: nameOr(o.application, envApplication),
 		environment: nameOr(o.environment, envEnvironment),
 		version:     nameOr(o.version, envVersion),
+		drainDelay:  o.drainDelay,
 	}
 }
 

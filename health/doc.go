@@ -22,6 +22,9 @@
 // Readiness also has a gate, SetReady, that the owner of the pool opens
 // once the pool has connected and closes before it begins to shut down,
 // so load balancers stop sending traffic while in-flight work drains.
+// Drain, called first in the stop hook of the HTTP server, closes the gate
+// and waits for a drain delay (WithDrainDelay) while the server still
+// answers, so that probes see the 503 before the listener goes away.
 //
 // The package needs only the Database interface; FromPgxpool adapts a
 // *pgxpool.Pool for services that use pgx without the rest of the module.

@@ -40,6 +40,7 @@ type options struct {
 	now         func() time.Time
 	logger      *zap.Logger
 	replica     Database
+	drainDelay  time.Duration
 }
 
 type optionFunc func(*options)

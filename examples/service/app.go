@@ -47,7 +47,7 @@ func appOptions(logger *zap.Logger, url string, s settings, application string) 
 		}),
 		sprocketspg.ProvideHealthOptions(
 			health.WithApplication(application),
-			health.WithLogger(logger),
+			health.WithDrainDelay(s.shutdownDelay),
 		),
 		metricsModule,
 		// Invoked in this order, so their start hooks run in this order
@@ -129,17 +129,12 @@ func serveHTTP(lc fx.Lifecycle, mux *http.ServeMux, checker *health.Checker, s s
 			return nil
 		},
 		OnStop: func(ctx context.Context) error {
-			// The checker's own stop hook would close the gate too, but
-			// only after the server is gone; closing it here lets
-			// /readyz answer 503 while the listener is still open.
-			checker.SetReady(false)
-			if s.shutdownDelay > 0 {
-				logger.Info("readiness now fails; waiting before closing the listener",
-					zap.Duration("shutdown_delay", s.shutdownDelay))
-				select {
-				case <-time.After(s.shutdownDelay):
-				case <-ctx.Done():
-				}
+			// This hook was appended last, so it runs first on stop:
+			// Drain makes /readyz answer 503 for the shutdown delay while
+			// the listener still accepts, then requests in flight finish,
+			// and only then do the checker and the pool stop.
+			if err := checker.Drain(ctx); err != nil {
+				return err
 			}
 			err := srv.Shutdown(ctx)
 			<-served
