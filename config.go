@@ -497,13 +497,15 @@ func (c Config) String() string {
 		c.LogQueries, c.LogQueryArgs, c.SlowQueryThreshold, c.QueryExecMode, redact.ConnString(c.ReadURL))
 }
 
-// Format makes every fmt verb (%v, %+v, %#v, %s) print the masked form.
+// Format makes every fmt verb print the masked form: %#v as
+// sprocketspg.Config{...}, any other verb (%v, %s, %q, %x, with their
+// flags and width) as it would print String's text.
 func (c Config) Format(f fmt.State, verb rune) {
 	if verb == 'v' && f.Flag('#') {
 		fmt.Fprintf(f, "sprocketspg.Config%s", c.String())
 		return
 	}
-	fmt.Fprint(f, c.String())
+	fmt.Fprintf(f, fmt.FormatString(f, verb), c.String())
 }
 
 // MarshalLogObject writes the Config to a zap log entry, password masked.

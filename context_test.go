@@ -166,7 +166,10 @@ func TestOperatorCancelIsNotTheCallersContext(t *testing.T) {
 	require.NoError(t, err)
 	pid := res.Row["pid"].(int32)
 
+	canceller := make(chan struct{})
+	defer func() { <-canceller }() // admin is closed when the test ends
 	go func() {
+		defer close(canceller)
 		// Once the statement runs, cancel it as an operator would.
 		deadline := time.Now().Add(5 * time.Second)
 		for time.Now().Before(deadline) {

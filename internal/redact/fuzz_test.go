@@ -201,6 +201,15 @@ func FuzzError(f *testing.F) {
 			t.Fatalf("errors.Is(Error(...), base) = false")
 		}
 		text := err.Error() // must not panic
+		// Every printing verb shows that text and nothing more.
+		for _, verb := range []string{"%v", "%+v", "%s"} {
+			if got := fmt.Sprintf(verb, err); got != text {
+				t.Errorf("Sprintf(%q) = %q, want Error() %q", verb, got, text)
+			}
+		}
+		if got, want := fmt.Sprintf("%#v", err), fmt.Sprintf("&redact.scrubbed{msg:%q}", text); got != want {
+			t.Errorf("Sprintf(%%#v) = %q, want %q", got, want)
+		}
 		for _, s := range []string{secret, secret2} {
 			// ReplaceAll leaves no occurrence except one formed across the
 			// mask, which needs the mask's character in the secret.

@@ -6,6 +6,7 @@
 package redact
 
 import (
+	"fmt"
 	"net/url"
 	"regexp"
 	"strings"
@@ -209,6 +210,8 @@ func Error(err error, secrets ...string) error {
 	return &scrubbed{err: err, secrets: keep}
 }
 
+// scrubbed is the error Error returns. Its fields hold the secrets
+// themselves, so every way of printing it goes through Error or Format.
 type scrubbed struct {
 	err     error
 	secrets []string
@@ -224,3 +227,18 @@ func (e *scrubbed) Error() string {
 }
 
 func (e *scrubbed) Unwrap() error { return e.err }
+
+// Format prints the scrubbed message for every verb. Without it %#v would
+// print the struct, secrets and all, and a wrapped error's own Format (such
+// as a %+v with detail) could show what Error hides. %#v prints a
+// Go-syntax-like form that holds only the scrubbed message; every other
+// verb, with its flags, width and precision, formats the message as a
+// string would (%q quotes it, %x writes it in hex).
+func (e *scrubbed) Format(f fmt.State, verb rune) {
+	msg := e.Error()
+	if verb == 'v' && f.Flag('#') {
+		fmt.Fprintf(f, "&redact.scrubbed{msg:%q}", msg)
+		return
+	}
+	fmt.Fprintf(f, fmt.FormatString(f, verb), msg)
+}
