@@ -1,6 +1,10 @@
 package sprocketspg
 
-import "go.uber.org/fx"
+import (
+	"strings"
+
+	"go.uber.org/fx"
+)
 
 // NewPool builds the Pool for Module from its Params and ties it to the
 // application's lifecycle: OnStart connects (retrying until the
@@ -8,7 +12,17 @@ import "go.uber.org/fx"
 // within the stop context. It does no I/O itself and returns an error
 // matching ErrInvalidConfig, naming the environment variable, when the
 // Config cannot work.
+//
+// With ThrowawayWhenUnset in the application and no URL in the Config,
+// NewPool starts a throwaway server first and uses it.
 func NewPool(p Params) (Result, error) {
+	cfg := p.Config
+	if p.Throwaway != nil && strings.TrimSpace(cfg.URL) == "" {
+		var err error
+		if cfg, err = useThrowaway(cfg, p.Throwaway, p.Lifecycle, p.Logger); err != nil {
+			return Result{}, err
+		}
+	}
 	opts := make([]Option, 0, len(p.Options)+len(p.Observers)+2)
 	if p.Logger != nil {
 		opts = append(opts, WithLogger(p.Logger))
@@ -20,7 +34,7 @@ func NewPool(p Params) (Result, error) {
 		opts = append(opts, WithObserver(o))
 	}
 	opts = append(opts, p.Options...)
-	pool, err := newPool(p.Config, opts...)
+	pool, err := newPool(cfg, opts...)
 	if err != nil {
 		return Result{}, err
 	}

@@ -31,6 +31,10 @@ type Params struct {
 
 	// Options come from the OptionsGroup value group.
 	Options []Option `group:"sprocketspg_options"`
+
+	// Throwaway, supplied by ThrowawayWhenUnset, starts a server for a
+	// Config without a URL. Development only.
+	Throwaway ThrowawayStarter `optional:"true"`
 }
 
 // Result is what NewPool provides.

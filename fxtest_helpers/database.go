@@ -18,7 +18,6 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
-	"github.com/sprockets/sprocketspg/internal/pgserver"
 	"github.com/sprockets/sprocketspg/internal/redact"
 )
 
@@ -107,7 +106,7 @@ func (s *sharedServer) newDatabase(tb testing.TB, opts ...DatabaseOption) string
 }
 
 // createDatabase clones tmpl under a new name made from testName.
-func (s *sharedServer) createDatabase(ctx context.Context, srv *pgserver.Server, testName, tmpl string) (string, error) {
+func (s *sharedServer) createDatabase(ctx context.Context, srv server, testName, tmpl string) (string, error) {
 	conn, err := s.adminConn(ctx, srv)
 	if err != nil {
 		return "", err
@@ -141,7 +140,7 @@ func (s *sharedServer) strategy() string {
 	return ""
 }
 
-func (s *sharedServer) dropDatabase(ctx context.Context, srv *pgserver.Server, name string) error {
+func (s *sharedServer) dropDatabase(ctx context.Context, srv server, name string) error {
 	conn, err := s.adminConn(ctx, srv)
 	if err != nil {
 		return fmt.Errorf("drop database %s: %w", name, err)
@@ -211,7 +210,7 @@ type template struct {
 // building it if this process has not yet. A failed build is retried by
 // the next caller, so a server outage during one test does not fail the
 // rest.
-func (s *sharedServer) template(ctx context.Context, srv *pgserver.Server, schema string) (string, error) {
+func (s *sharedServer) template(ctx context.Context, srv server, schema string) (string, error) {
 	name, lockKey := templateName(schema)
 	v, _ := s.templates.LoadOrStore(name, &template{})
 	t := v.(*template)
@@ -241,7 +240,7 @@ func templateName(schema string) (string, int64) {
 // builder releases it. A template is complete once marked IS_TEMPLATE,
 // which happens last; an unmarked one was left by a builder that died and
 // is rebuilt.
-func (s *sharedServer) buildTemplate(ctx context.Context, srv *pgserver.Server, name, schema string, lockKey int64) (err error) {
+func (s *sharedServer) buildTemplate(ctx context.Context, srv server, name, schema string, lockKey int64) (err error) {
 	conn, err := pgx.Connect(ctx, srv.URL())
 	if err != nil {
 		return redact.Error(fmt.Errorf("build template %s: connect to %s: %w", name, redact.ConnString(srv.URL()), err), redact.Password(srv.URL()))

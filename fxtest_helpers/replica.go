@@ -2,6 +2,7 @@ package fxtest_helpers
 
 import (
 	"context"
+	"fmt"
 	"net/url"
 	"testing"
 
@@ -25,14 +26,24 @@ import (
 // server cannot be started.
 func StartReplicaSet(tb testing.TB) (primary, standby *TestServer) {
 	tb.Helper()
-	primary = StartServer(tb)
+	// The primary comes from pgserver rather than the public throwaway
+	// package, since StartStandby needs pgserver's own handle on it.
+	ps := newSharedServer(func(ctx context.Context, logf func(string, ...any)) (*pgserver.Server, error) {
+		return pgserver.Start(ctx, pgserver.WithLogf(logf), pgserver.WithOwnServer())
+	})
+	primary = &TestServer{s: ps, srv: ps.get(tb)}
+	tb.Cleanup(func() {
+		if err := ps.shutdown(); err != nil {
+			tb.Errorf("fxtest_helpers: %v", err)
+		}
+	})
 	if b := primary.Backend(); b != pgserver.BackendLocal {
 		tb.Fatalf("fxtest_helpers: a standby needs local PostgreSQL server binaries, "+
 			"but the server runs on the %s backend: install them (e.g. apt-get install postgresql) "+
 			"or set %s to the directory holding initdb, postgres and pg_basebackup", b, pgserver.EnvBinDir)
 	}
 	s := newSharedServer(func(ctx context.Context, logf func(string, ...any)) (*pgserver.Server, error) {
-		return pgserver.StartStandby(ctx, primary.srv, pgserver.WithLogf(logf))
+		return pgserver.StartStandby(ctx, primary.srv.(*pgserver.Server), pgserver.WithLogf(logf))
 	})
 	srv := s.get(tb)
 	// Registered after the primary's cleanup, so it runs first: the
@@ -52,7 +63,12 @@ func StartReplicaSet(tb testing.TB) (primary, standby *TestServer) {
 // is stopped, or was not started from local binaries.
 func (t *TestServer) Promote(ctx context.Context) error {
 	t.s.closeIdle()
-	return t.srv.Promote(ctx)
+	p, ok := t.srv.(interface{ Promote(context.Context) error })
+	if !ok {
+		return fmt.Errorf("promote server at %s: not a standby (only StartReplicaSet's standby can be promoted): %w",
+			t.Address(), pgserver.ErrNotSupported)
+	}
+	return p.Promote(ctx)
 }
 
 // Address returns the server's host:port, such as 127.0.0.1:5433, for

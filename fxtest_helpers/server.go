@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/sprockets/sprocketspg/internal/pgserver"
 	"github.com/sprockets/sprocketspg/internal/redact"
+	"github.com/sprockets/sprocketspg/throwaway"
 )
 
 // startTimeout bounds the start of the shared server, which may include
@@ -28,18 +30,55 @@ var errShutdown = errors.New("fxtest_helpers: server was shut down")
 
 // shared is the server of this test binary. It is the package's only
 // mutable global: one server per binary is the point.
-var shared = newSharedServer(func(ctx context.Context, logf func(string, ...any)) (*pgserver.Server, error) {
-	return pgserver.Start(ctx, pgserver.WithLogf(logf))
-})
+var shared = newSharedServer(startShared)
+
+// startShared provides the server of this test binary: the existing one
+// named by SPROCKETSPG_TEST_POSTGRES_URL, else a throwaway server of the
+// public package, from local binaries or Docker.
+func startShared(ctx context.Context, logf func(string, ...any)) (server, error) {
+	if os.Getenv(pgserver.EnvURL) != "" {
+		srv, err := pgserver.Start(ctx, pgserver.WithLogf(logf))
+		if err != nil {
+			return nil, err
+		}
+		return srv, nil
+	}
+	srv, err := throwaway.Start(ctx, throwaway.WithLogf(logf))
+	if errors.Is(err, throwaway.ErrNoBackend) {
+		return nil, fmt.Errorf("no PostgreSQL server available for tests: set %s to the URL of a server "+
+			"where databases may be created (e.g. postgres://postgres@localhost:5432/postgres?sslmode=disable), "+
+			"or let the helpers start one: %w", pgserver.EnvURL, err)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return srv, nil
+}
+
+// startOwn starts a server of the caller's own from local binaries or
+// Docker, whatever SPROCKETSPG_TEST_POSTGRES_URL says.
+func startOwn(ctx context.Context, logf func(string, ...any)) (*throwaway.Server, error) {
+	return throwaway.Start(ctx, throwaway.WithLogf(logf))
+}
+
+// server is what the helpers need of a server: a *throwaway.Server, or a
+// *pgserver.Server for an existing server, a standby or its primary.
+type server interface {
+	URL() string
+	Backend() string
+	Stop(ctx context.Context) error
+	Start(ctx context.Context) error
+	Close() error
+}
 
 // sharedServer starts a server on first use and holds what NewDatabase
 // needs to use it.
 type sharedServer struct {
-	startFn func(ctx context.Context, logf func(string, ...any)) (*pgserver.Server, error)
+	startFn func(ctx context.Context, logf func(string, ...any)) (server, error)
 
 	once sync.Once
 	mu   sync.Mutex // guards srv and err after once
-	srv  *pgserver.Server
+	srv  server
 	err  error
 	// versionNum is server_version_num, read at start.
 	versionNum int
@@ -49,13 +88,23 @@ type sharedServer struct {
 	counter   atomic.Int64
 }
 
-func newSharedServer(start func(context.Context, func(string, ...any)) (*pgserver.Server, error)) *sharedServer {
-	return &sharedServer{startFn: start, idle: make(chan *pgx.Conn, maxIdleAdmin)}
+// newSharedServer returns a sharedServer that start starts on first use.
+// It takes a start function of any server type, so that one returning a
+// nil *pgserver.Server with its error is not mistaken for a server.
+func newSharedServer[S server](start func(context.Context, func(string, ...any)) (S, error)) *sharedServer {
+	startFn := func(ctx context.Context, logf func(string, ...any)) (server, error) {
+		srv, err := start(ctx, logf)
+		if err != nil {
+			return nil, err
+		}
+		return srv, nil
+	}
+	return &sharedServer{startFn: startFn, idle: make(chan *pgx.Conn, maxIdleAdmin)}
 }
 
 // get returns the started server, starting it on first use. A failed start
 // fails this and every later caller with the same error.
-func (s *sharedServer) get(tb testing.TB) *pgserver.Server {
+func (s *sharedServer) get(tb testing.TB) server {
 	tb.Helper()
 	s.once.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), startTimeout)
@@ -95,7 +144,7 @@ func readVersionNum(ctx context.Context, url string) (int, error) {
 
 // adminConn returns a working connection to the server's admin database,
 // reused when one is idle. Give it back with release.
-func (s *sharedServer) adminConn(ctx context.Context, srv *pgserver.Server) (*pgx.Conn, error) {
+func (s *sharedServer) adminConn(ctx context.Context, srv server) (*pgx.Conn, error) {
 	for {
 		select {
 		case c := <-s.idle:
@@ -167,7 +216,7 @@ func Shutdown() error { return shared.shutdown() }
 // the server must not run in parallel with other tests that use it.
 type TestServer struct {
 	s   *sharedServer
-	srv *pgserver.Server
+	srv server
 }
 
 // Server returns the server of this test binary, starting it if no test
@@ -215,9 +264,7 @@ func (t *TestServer) Start(ctx context.Context) error {
 // server cannot be started.
 func StartServer(tb testing.TB) *TestServer {
 	tb.Helper()
-	s := newSharedServer(func(ctx context.Context, logf func(string, ...any)) (*pgserver.Server, error) {
-		return pgserver.Start(ctx, pgserver.WithLogf(logf), pgserver.WithOwnServer())
-	})
+	s := newSharedServer(startOwn)
 	srv := s.get(tb)
 	tb.Cleanup(func() {
 		if err := s.shutdown(); err != nil {

@@ -2,38 +2,65 @@
 // sprocketspg.Module, runs a few queries the way a service would, and
 // exits.
 //
-// With POSTGRES_URL unset it starts a throwaway local PostgreSQL first, so
-// that `go run ./examples/basic` works on a machine with nothing
-// configured but PostgreSQL's server binaries installed.
+// With POSTGRES_URL unset it starts a throwaway PostgreSQL first
+// (sprocketspg.ThrowawayWhenUnset with package throwaway, logged at warn
+// level), so that `go run ./examples/basic` works on a machine with nothing
+// configured but PostgreSQL's server binaries installed, or Docker. The
+// server and its data are removed when the program ends.
+//
+// A setting that cannot work, such as POSTGRES_MAX_POOL_SIZE=abc, ends it
+// with one line on stderr that names the variable, and exit status 1.
 package main
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
+	"strings"
 	"time"
 
+	"go.uber.org/dig"
 	"go.uber.org/fx"
-	"go.uber.org/fx/fxevent"
 	"go.uber.org/zap"
 
 	"github.com/sprockets/sprocketspg"
-	"github.com/sprockets/sprocketspg/internal/pgserver"
+	"github.com/sprockets/sprocketspg/throwaway"
 )
 
 func main() {
-	logger, err := zap.NewDevelopment()
+	os.Exit(realMain(os.Stderr))
+}
+
+// realMain runs the example, logging to stderr, and reports a failure on
+// w, one line per problem; it returns the exit status.
+func realMain(w io.Writer) int {
+	logger, err := newLogger()
 	if err != nil {
-		fmt.Fprintln(os.Stderr, "basic: create logger:", err)
-		os.Exit(1)
+		fmt.Fprintln(w, "basic: create logger:", err)
+		return 1
 	}
-	if err := run(logger); err != nil {
-		logger.Error("basic example failed", zap.Error(err))
-		_ = logger.Sync()
-		os.Exit(1)
-	}
+	err = run(logger)
 	_ = logger.Sync()
+	if err != nil {
+		// One line per problem: several bad settings are reported
+		// together, one to a line.
+		for _, line := range strings.Split(rootCause(err).Error(), "\n") {
+			fmt.Fprintln(w, "basic:", line)
+		}
+		return 1
+	}
+	return 0
+}
+
+// newLogger returns zap's development logger without its stack traces,
+// which would bury a warning or an error in lines about this program's
+// own call stack.
+func newLogger() (*zap.Logger, error) {
+	cfg := zap.NewDevelopmentConfig()
+	cfg.DisableStacktrace = true
+	return cfg.Build()
 }
 
 func run(logger *zap.Logger) error {
@@ -41,40 +68,35 @@ func run(logger *zap.Logger) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	opts := []fx.Option{
+	app := fx.New(
 		fx.Supply(logger),
-		fx.WithLogger(func() fxevent.Logger {
-			return &fxevent.ZapLogger{Logger: logger.Named("fx").WithOptions(zap.IncreaseLevel(zap.WarnLevel))}
-		}),
+		// fx's event log is noise here, and every failure it would log is
+		// also returned by New, Start or Stop, which main reports.
+		fx.NopLogger,
 		sprocketspg.Module,
+		// Development only: with POSTGRES_URL unset, a throwaway server
+		// for this run, removed again when the application stops.
+		sprocketspg.ThrowawayWhenUnset(throwaway.Starter(throwaway.WithLogf(func(format string, args ...any) {
+			logger.Debug(fmt.Sprintf(format, args...))
+		}))),
 		fx.Populate(&db),
+	)
+	if err := app.Err(); err != nil {
+		return err
 	}
-	if os.Getenv(sprocketspg.EnvURL) == "" {
-		server, err := pgserver.Start(ctx)
-		if err != nil {
-			return fmt.Errorf("POSTGRES_URL is unset and no throwaway PostgreSQL could be started: %w", err)
-		}
-		defer func() {
-			if err := server.Close(); err != nil {
-				logger.Warn("remove throwaway postgres", zap.Error(err))
-			}
-		}()
-		logger.Info("POSTGRES_URL is unset: started a throwaway PostgreSQL for this run",
-			zap.String("backend", server.Backend()), zap.String("url", server.URL()))
-		url := server.URL()
-		opts = append(opts, fx.Decorate(func(c sprocketspg.Config) sprocketspg.Config {
-			c.URL = url
-			return c
-		}))
-	}
-
-	app := fx.New(opts...)
 	if err := app.Start(ctx); err != nil {
 		return err
 	}
 	queryErr := queries(ctx, logger, db)
 	stopErr := app.Stop(ctx)
 	return errors.Join(queryErr, stopErr)
+}
+
+// rootCause returns what a constructor, such as sprocketspg.LoadConfig,
+// returned, without the account fx's dependency injection adds of every
+// constructor it was building when that one failed.
+func rootCause(err error) error {
+	return dig.RootCause(err)
 }
 
 // queries does what a small service would: create a table, write, read,

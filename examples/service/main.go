@@ -45,8 +45,8 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/sprockets/sprocketspg"
-	"github.com/sprockets/sprocketspg/internal/pgserver"
 	"github.com/sprockets/sprocketspg/internal/redact"
+	"github.com/sprockets/sprocketspg/throwaway"
 )
 
 // stopTimeout bounds the whole of stopping: the shutdown delay, draining
@@ -182,16 +182,14 @@ func run(ctx context.Context, args []string, stdout io.Writer, getenv func(strin
 
 // startThrowaway starts a PostgreSQL server of the service's own and logs
 // where it is, without a password (it has none, but a URL is never logged
-// unredacted).
-func startThrowaway(ctx context.Context, logger *zap.Logger) (*pgserver.Server, error) {
+// unredacted). The server is always the service's own, never one named
+// for sprocketspg's tests: the service creates tables, and Close removes
+// them with the server.
+func startThrowaway(ctx context.Context, logger *zap.Logger) (*throwaway.Server, error) {
 	logger.Info(sprocketspg.EnvURL + " is unset: starting a throwaway PostgreSQL for this run")
-	// WithOwnServer: even when a test server is configured for this
-	// machine, the service creates tables, so it gets a server that is
-	// removed afterwards rather than someone else's database.
-	server, err := pgserver.Start(ctx, pgserver.WithOwnServer(),
-		pgserver.WithLogf(func(format string, args ...any) {
-			logger.Debug(fmt.Sprintf(format, args...))
-		}))
+	server, err := throwaway.Start(ctx, throwaway.WithLogf(func(format string, args ...any) {
+		logger.Debug(fmt.Sprintf(format, args...))
+	}))
 	if err != nil {
 		return nil, err
 	}
@@ -199,7 +197,7 @@ func startThrowaway(ctx context.Context, logger *zap.Logger) (*pgserver.Server, 
 		zap.String("backend", server.Backend()),
 		zap.String("url", redact.ConnString(server.URL())),
 	}
-	if server.Backend() == pgserver.BackendLocal {
+	if server.Backend() == throwaway.BackendLocal {
 		// The directory holding the server's data, socket and log, which
 		// Close removes.
 		if dir, err := runDir(ctx, server.URL()); err == nil {
@@ -211,7 +209,8 @@ func startThrowaway(ctx context.Context, logger *zap.Logger) (*pgserver.Server, 
 }
 
 // runDir asks a local server where its data directory is and returns the
-// directory above it, where pgserver keeps everything of that server.
+// directory above it, where the throwaway package keeps everything of that
+// server.
 func runDir(ctx context.Context, url string) (string, error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()

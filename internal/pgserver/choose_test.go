@@ -67,7 +67,7 @@ func TestChoose(t *testing.T) {
 				assert.LessOrEqual(t, time.Until(deadline), dockerPingTimeout)
 				return tt.dockerErr
 			}
-			got, err := choose(context.Background(), tt.envURL, findBin, dockerUp)
+			got, err := choose(context.Background(), tt.envURL, true, findBin, dockerUp)
 			assert.Equal(t, tt.wantBinCall, binCalled, "findBin called")
 			assert.Equal(t, tt.wantPing, pinged, "docker pinged")
 			if tt.wantErr != nil {
@@ -95,7 +95,7 @@ func TestChoose(t *testing.T) {
 func TestChooseDockerPingStopsWithContext(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	_, err := choose(ctx, "", func() (string, error) { return "", errors.New("none") },
+	_, err := choose(ctx, "", true, func() (string, error) { return "", errors.New("none") },
 		func(ctx context.Context) error { <-ctx.Done(); return ctx.Err() })
 	require.Error(t, err)
 	assert.ErrorIs(t, err, context.Canceled)

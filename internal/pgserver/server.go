@@ -44,6 +44,12 @@ var ErrNotControlled = errors.New("server from " + EnvURL + " cannot be stopped 
 // ErrClosed is returned by Server.Start and Server.Stop after Server.Close.
 var ErrClosed = errors.New("server is closed")
 
+// ErrNoBackend is matched (errors.Is) by the error of Start when there is
+// no way to provide a server: no existing server is named, no local server
+// binaries are found and no Docker engine answers. The error says how to
+// provide one, and why each way failed.
+var ErrNoBackend = errors.New("no PostgreSQL server available")
+
 // dockerPingTimeout bounds how long a missing or hung Docker engine can
 // delay the choice of backend.
 const dockerPingTimeout = 2 * time.Second
@@ -181,7 +187,7 @@ func Start(ctx context.Context, opts ...Option) (*Server, error) {
 	if cfg.ignoreEnvURL {
 		envURL = ""
 	}
-	ch, err := choose(ctx, envURL, findBinDir, pingDocker)
+	ch, err := choose(ctx, envURL, !cfg.ignoreEnvURL, findBinDir, pingDocker)
 	if err != nil {
 		return nil, err
 	}
@@ -216,7 +222,10 @@ type choice struct {
 // choose picks a backend from what the probes report, in the order of the
 // package documentation. It is kept free of I/O of its own so that the
 // order can be tested without PostgreSQL or Docker.
-func choose(ctx context.Context, envURL string, findBin func() (string, error), dockerUp func(context.Context) error) (choice, error) {
+//
+// suggestEnvURL says whether the error for no backend at all suggests
+// SPROCKETSPG_TEST_POSTGRES_URL, which only a caller that reads it can use.
+func choose(ctx context.Context, envURL string, suggestEnvURL bool, findBin func() (string, error), dockerUp func(context.Context) error) (choice, error) {
 	if envURL != "" {
 		return choice{kind: BackendURL, url: envURL}, nil
 	}
@@ -233,13 +242,17 @@ func choose(ctx context.Context, envURL string, findBin func() (string, error), 
 	if dockerErr == nil {
 		return choice{kind: BackendDocker, skipped: skipped}, nil
 	}
-	return choice{}, fmt.Errorf("no PostgreSQL server available for tests: "+
-		"set %s to the URL of a server where databases may be created "+
-		"(e.g. postgres://postgres@localhost:5432/postgres?sslmode=disable), "+
-		"or install the PostgreSQL server binaries (e.g. apt-get install postgresql, "+
-		"or set %s to the directory holding initdb and postgres), "+
-		"or run a Docker engine; local binaries: %w; docker: %w",
-		EnvURL, EnvBinDir, binErr, dockerErr)
+	existing := ""
+	if suggestEnvURL {
+		existing = fmt.Sprintf("set %s to the URL of a server where databases may be created "+
+			"(e.g. postgres://postgres@localhost:5432/postgres?sslmode=disable), or ", EnvURL)
+	}
+	return choice{}, fmt.Errorf("%w: %s"+
+		"install PostgreSQL's server binaries (Debian/Ubuntu: apt-get install postgresql; "+
+		"Fedora: dnf install postgresql-server; macOS: brew install postgresql), "+
+		"or set %s to the directory holding initdb and postgres, "+
+		"or start a Docker engine; local binaries: %w; docker: %w",
+		ErrNoBackend, existing, EnvBinDir, binErr, dockerErr)
 }
 
 // findBinDir looks for the directory holding initdb and postgres.
