@@ -1,8 +1,9 @@
 package sprocketspg_test
 
-// The examples below are the README's snippets. They need a running
-// PostgreSQL, so they have no Output comment: go test compiles them, which
-// keeps the README honest, without running them.
+// These are the package's examples on pkg.go.dev. They need a running
+// PostgreSQL, so they have no Output comment: go test compiles them without
+// running them. README.md's snippets are not copied here; TestREADME
+// (readme_test.go) compiles the README itself.
 
 import (
 	"context"
@@ -35,16 +36,6 @@ func ExampleModule() {
 			}))
 		}),
 	).Run()
-}
-
-func ExampleModule_decorate() {
-	_ = fx.Options(
-		sprocketspg.Module,
-		fx.Decorate(func(c sprocketspg.Config) sprocketspg.Config {
-			c.MaxPoolSize = 20 // the rest still comes from POSTGRES_*
-			return c
-		}),
-	)
 }
 
 func ExampleNew() {
@@ -125,25 +116,32 @@ func ExamplePool_Reader() {
 }
 
 func ExampleWithResolver() {
-	// POSTGRES_URL=postgresql+srv://app:secret@db.example.com/app looks up
-	// _db._postgresql.example.com; here through a DNS server of our own.
-	_ = fx.Options(
-		sprocketspg.Module,
-		fx.Decorate(func(discovery.Resolver) discovery.Resolver {
-			return discovery.NewDNSResolver(discovery.WithServer("10.0.0.2:53"))
-		}),
-	)
-	// Without fx:
-	//	sprocketspg.New(ctx, cfg, sprocketspg.WithResolver(r))
+	// postgresql+srv://app:secret@db.example.com/app looks up the SRV record
+	// _db._postgresql.example.com, here through a DNS server of our own.
+	cfg := sprocketspg.Config{URL: "postgresql+srv://app:secret@db.example.com/app?sslmode=verify-full"}
+	resolver := discovery.NewDNSResolver(discovery.WithServer("10.0.0.2:53"))
+	pool, err := sprocketspg.New(context.Background(), cfg, sprocketspg.WithResolver(resolver))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close()
 }
 
 func ExampleNewChecker() {
+	var pool *sprocketspg.Pool // from sprocketspg.New
+	checker := sprocketspg.NewChecker(pool, health.WithApplication("orders"), health.WithVersion("1.4.2"))
+	mux := http.NewServeMux()
+	health.Register(mux, checker) // GET /livez, /readyz, /status
+	log.Fatal(http.ListenAndServe(":8080", mux))
+}
+
+func ExampleProvideHealthOptions() {
 	_ = fx.Options(
 		sprocketspg.Module,
 		sprocketspg.ProvideHealthOptions(health.WithApplication("orders"), health.WithVersion("1.4.2")),
-		fx.Invoke(func(checker *health.Checker) {
-			mux := http.NewServeMux()
-			health.Register(mux, checker) // GET /livez, /readyz, /status
+		fx.Provide(http.NewServeMux),
+		fx.Invoke(func(mux *http.ServeMux, checker *health.Checker) {
+			health.Register(mux, checker)
 		}),
 	)
 }
