@@ -116,6 +116,7 @@ var readmeImports = []struct{ name, path, use string }{
 	{"health", "github.com/sprockets/sprocketspg/health", "_ *health.Checker"},
 	{"otelpg", "github.com/sprockets/sprocketspg/otelpg", "_ = otelpg.Module"},
 	{"prompg", "github.com/sprockets/sprocketspg/prompg", "_ = prompg.Module"},
+	{"throwaway", "github.com/sprockets/sprocketspg/throwaway", "_ *throwaway.Server"},
 	{"txn", "github.com/sprockets/sprocketspg/txn", "_ txn.Option"},
 }
 
