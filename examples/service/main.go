@@ -32,6 +32,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -81,10 +82,14 @@ func parseSettings(args []string, getenv func(string) string) (settings, error) 
 		}
 		port = p
 	}
-	if v := getenv("SHUTDOWN_DELAY"); v != "" {
+	if v := getenv(sprocketspg.EnvShutdownDelay); v != "" {
+		// Seconds or a Go duration, as sprocketspg.Module reads it.
 		d, err := time.ParseDuration(v)
+		if secs, ferr := strconv.ParseFloat(v, 64); ferr == nil && !math.IsNaN(secs) && !math.IsInf(secs, 0) {
+			d, err = time.Duration(secs*float64(time.Second)), nil
+		}
 		if err != nil || d < 0 {
-			return s, fmt.Errorf("SHUTDOWN_DELAY=%q: want a duration such as 5s", v)
+			return s, fmt.Errorf("SHUTDOWN_DELAY=%q: want seconds (5) or a duration such as 5s", v)
 		}
 		delay = d
 	}
