@@ -113,11 +113,22 @@ func Password(s string) string {
 // does: the user information ends at the first @ before any /. It returns
 // the password decoded when it decodes, raw otherwise.
 func firstAtPassword(s string) string {
-	i := strings.Index(s, "://")
-	if i < 0 {
-		return ""
+	// A scheme-relative "//user:pass@host" is read from its start, and the
+	// first "://" too, since either may be the URL a parser takes.
+	if strings.HasPrefix(s, "//") {
+		if p := authorityPassword(s[2:]); p != "" {
+			return p
+		}
 	}
-	rest := s[i+3:]
+	if i := strings.Index(s, "://"); i >= 0 {
+		return authorityPassword(s[i+3:])
+	}
+	return ""
+}
+
+// authorityPassword returns the password of the user information that
+// rest, the text after "//", starts with.
+func authorityPassword(rest string) string {
 	if slash := strings.IndexByte(rest, '/'); slash >= 0 {
 		rest = rest[:slash]
 	}
@@ -142,20 +153,30 @@ func firstAtPassword(s string) string {
 // "#://u:p@h" or "u:p@h/db", parses as something else, so the mask runs from the first
 // colon of the user information to the last @ before the first /.
 func maskUserinfo(s string) string {
-	var start int
-	switch i := strings.Index(s, "://"); {
-	case i >= 0:
-		start = i + 3
-	case strings.HasPrefix(s, "//"):
-		start = 2
-	default:
-		// No scheme at all ("user:pass@host/db"), unless it reads as a
-		// keyword/value string, which the caller scrubs by pattern.
-		at := strings.IndexByte(s, '@')
-		if at < 0 || strings.ContainsAny(s[:at], "= \t") {
-			return s
-		}
+	// A string may look like a URL from its start ("//u:p@h") and again
+	// at a later "://" ("//u:p@://"): each is masked.
+	relative := strings.HasPrefix(s, "//")
+	if relative {
+		s = maskAuthority(s, 2)
 	}
+	if i := strings.Index(s, "://"); i >= 0 {
+		return maskAuthority(s, i+3)
+	}
+	if relative {
+		return s
+	}
+	// No scheme at all ("user:pass@host/db"), unless it reads as a
+	// keyword/value string, which the caller scrubs by pattern.
+	at := strings.IndexByte(s, '@')
+	if at < 0 || strings.ContainsAny(s[:at], "= \t") {
+		return s
+	}
+	return maskAuthority(s, 0)
+}
+
+// maskAuthority masks the password of the user information that starts
+// at s[start:], from its first colon to the last @ before the first /.
+func maskAuthority(s string, start int) string {
 	rest := s[start:]
 	if slash := strings.IndexByte(rest, '/'); slash >= 0 {
 		rest = rest[:slash]

@@ -25,6 +25,8 @@ func TestConnString(t *testing.T) {
 		{"postgresql://h/db?sslpassword=pw", "postgresql://h/db?sslpassword=xxxxx"},
 		{"postgresql+srv://u:pw@name.example.com/db", "postgresql+srv://u:xxxxx@name.example.com/db"},
 		{"aws+srv://u:pw@svc.ns/db", "aws+srv://u:xxxxx@svc.ns/db"},
+		{"//app:0000@://", "//app:xxxxx@://"}, // scheme-relative, then a second "://"
+		{"//x postgres://u:pw@h/db", "//x postgres://u:xxxxx@h/db"},
 		{"host=h password=pw dbname=d", "host=h password=xxxxx dbname=d"},
 		{"host=h password = pw dbname=d", "host=h password=xxxxx dbname=d"},
 		{"host=h password='p w\\'x' dbname=d", "host=h password=xxxxx dbname=d"},
@@ -46,6 +48,8 @@ func TestPassword(t *testing.T) {
 	assert.Equal(t, "pw", Password("host=h password=pw"))
 	assert.Equal(t, "p w'x", Password(`host=h password='p w\'x'`))
 	assert.Equal(t, "", Password("host=h"))
+	assert.Equal(t, "0000", Password("//app:0000@://"))
+	assert.Equal(t, "pw", Password("//x postgres://u:pw@h/db"))
 }
 
 func TestError(t *testing.T) {
