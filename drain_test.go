@@ -57,7 +57,7 @@ func get(url string) (int, string, error) {
 }
 
 func TestDrainKeepsServingWhileReadinessFails(t *testing.T) {
-	t.Setenv(sprocketspg.EnvShutdownDelay, "1")
+	t.Setenv(sprocketspg.EnvShutdownDelay, "2")
 	var srv *http.Server
 	app := fx.New(
 		fx.NopLogger,
@@ -91,7 +91,7 @@ func TestDrainKeepsServingWhileReadinessFails(t *testing.T) {
 	require.Eventually(t, func() bool {
 		code, _, err := get(base + "/readyz")
 		return err == nil && code == http.StatusServiceUnavailable
-	}, 500*time.Millisecond, 5*time.Millisecond, "readiness fails as soon as stop begins")
+	}, time.Second, 5*time.Millisecond, "readiness fails as soon as stop begins")
 	code, body, err := get(base + "/now")
 	require.NoError(t, err, "the listener still accepts during the delay")
 	assert.Equal(t, http.StatusOK, code)
@@ -101,7 +101,7 @@ func TestDrainKeepsServingWhileReadinessFails(t *testing.T) {
 	assert.Equal(t, http.StatusServiceUnavailable, code)
 
 	require.NoError(t, <-stopped)
-	assert.GreaterOrEqual(t, time.Since(began), time.Second, "stop waited out the delay")
+	assert.GreaterOrEqual(t, time.Since(began), 2*time.Second, "stop waited out the delay")
 	_, _, err = get(base + "/livez")
 	assert.Error(t, err, "the listener is closed after the delay")
 }

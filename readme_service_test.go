@@ -67,7 +67,13 @@ func TestREADMEServiceDrains(t *testing.T) {
 
 	var logs bytes.Buffer
 	cmd := exec.Command(bin)
-	cmd.Env = append(os.Environ(), "POSTGRES_URL="+dbURL, "PORT="+port, "SHUTDOWN_DELAY=1")
+	// Only the settings of this run: none of the machine's POSTGRES_*.
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "POSTGRES_") {
+			cmd.Env = append(cmd.Env, kv)
+		}
+	}
+	cmd.Env = append(cmd.Env, "POSTGRES_URL="+dbURL, "PORT="+port, "SHUTDOWN_DELAY=2")
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	require.NoError(t, cmd.Start())
 	exited := make(chan error, 1)
@@ -102,7 +108,7 @@ func TestREADMEServiceDrains(t *testing.T) {
 	require.Eventually(t, func() bool {
 		code, _, err := get(base + "/readyz")
 		return err == nil && code == http.StatusServiceUnavailable
-	}, 500*time.Millisecond, 5*time.Millisecond, "readiness fails as soon as stop begins")
+	}, time.Second, 5*time.Millisecond, "readiness fails as soon as stop begins")
 	code, body, err = get(base + "/orders/1")
 	require.NoError(t, err, "the listener still accepts during the delay")
 	assert.Equal(t, http.StatusOK, code, "and the pool still serves: %s", body)
@@ -114,7 +120,7 @@ func TestREADMEServiceDrains(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("the service did not stop")
 	}
-	assert.GreaterOrEqual(t, time.Since(began), 900*time.Millisecond, "it waited out SHUTDOWN_DELAY")
+	assert.GreaterOrEqual(t, time.Since(began), 1900*time.Millisecond, "it waited out SHUTDOWN_DELAY")
 	_, _, err = get(base + "/livez")
 	assert.Error(t, err, "the listener is closed")
 }
