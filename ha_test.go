@@ -63,11 +63,14 @@ func whereAmI(t *testing.T, ctx context.Context, pool *sprocketspg.Pool) (inReco
 
 // waitReplayed waits until standby has replayed all the WAL primary has
 // written so far, so that what was committed on primary is on standby.
+// The position is the WAL insert location, not pg_current_wal_lsn: the
+// test servers commit asynchronously, so a commit can still sit in the WAL
+// buffers, past the write location, when the statement returns.
 func waitReplayed(t *testing.T, primary, standby *fxtest_helpers.TestServer) {
 	t.Helper()
 	ctx := ctxT(t)
 	var lsn string
-	require.NoError(t, adminConn(t, primary.AdminURL()).QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&lsn))
+	require.NoError(t, adminConn(t, primary.AdminURL()).QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&lsn))
 	sc := adminConn(t, standby.AdminURL())
 	deadline := time.Now().Add(10 * time.Second)
 	for {

@@ -23,11 +23,14 @@ func startStandbyT(t *testing.T, primary *Server) *Server {
 
 // waitReplayed waits until the standby has replayed everything the
 // primary has written so far.
+// The position is the WAL insert location, not pg_current_wal_lsn: the
+// test servers commit asynchronously, so a commit can still sit in the WAL
+// buffers, past the write location, when the statement returns.
 func waitReplayed(t *testing.T, primary, standby *pgx.Conn) {
 	t.Helper()
 	ctx := testCtx(t)
 	var lsn string
-	require.NoError(t, primary.QueryRow(ctx, "SELECT pg_current_wal_lsn()::text").Scan(&lsn))
+	require.NoError(t, primary.QueryRow(ctx, "SELECT pg_current_wal_insert_lsn()::text").Scan(&lsn))
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		var done bool
