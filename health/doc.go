@@ -1,4 +1,4 @@
-// Package health reports whether a service's PostgreSQL pool can serve
+// Package health reports whether a service's PostgreSQL pools can serve
 // queries, and answers HTTP probes with the result.
 //
 // A Checker pings the database through the application's own pool, so a
@@ -6,12 +6,13 @@
 // serves three endpoints (Register mounts them):
 //
 //	GET /livez    200 while the process runs; never touches the database
-//	GET /readyz   200 when the service is ready and the database answers,
+//	GET /readyz   200 when the service is ready and its databases answer,
 //	              503 otherwise; application/health+json in the shape of
 //	              the IETF health check draft (draft-inadarei-api-health-check)
 //	GET /status   the sprockets-postgres status document: application,
 //	              environment, postgres{pool_free,pool_size}, status ok or
-//	              unavailable, version; 503 when unavailable
+//	              unavailable, version, and instances{...} for the other
+//	              databases when there are several; 503 when unavailable
 //
 // Results are reused for a short window (WithCacheWindow) and concurrent
 // checks share one ping, so probes from many sources cost the database
@@ -25,6 +26,16 @@
 // Drain, called first in the stop hook of the HTTP server, closes the gate
 // and waits for a drain delay (WithDrainDelay) while the server still
 // answers, so that probes see the 503 before the listener goes away.
+//
+// An application with several PostgreSQL instances checks them all in one
+// Checker: WithName names the main database, WithInstance adds the others,
+// and Combine joins Checkers built separately, one per instance. Each
+// database has its own check names ("postgres:..." for the unnamed,
+// default one, "postgres-orders:..." for one named orders), and all are
+// pinged concurrently. Readiness fails when any database fails, unless
+// OptionalInstance marked it optional: then the verdict is warn and the
+// service stays ready. The status document keeps the original's keys for
+// the main database and lists the others under "instances".
 //
 // The package needs only the Database interface; FromPgxpool adapts a
 // *pgxpool.Pool for services that use pgx without the rest of the module.

@@ -18,7 +18,8 @@ func WithDrainDelay(d time.Duration) Option {
 	return optionFunc(func(o *options) { o.drainDelay = max(d, 0) })
 }
 
-// DrainDelay returns the delay Drain waits, from WithDrainDelay.
+// DrainDelay returns the delay Drain waits, from WithDrainDelay; for a
+// Checker from Combine, the longest of the Checkers combined.
 func (c *Checker) DrainDelay() time.Duration { return c.drainDelay }
 
 // Drain closes the readiness gate, so that /readyz and /status answer 503,
@@ -36,7 +37,9 @@ func (c *Checker) DrainDelay() time.Duration { return c.drainDelay }
 //
 // Drain returns nil once the delay has passed, and ctx's error, wrapped,
 // when ctx ends first; the gate stays closed either way. A second call
-// waits only for what is left of the first call's delay.
+// waits only for what is left of the first call's delay. On a Checker
+// from Combine it closes that Checker's own gate, not those of the
+// Checkers combined, whose owners close them as their pools stop.
 func (c *Checker) Drain(ctx context.Context) error {
 	c.mu.Lock()
 	if c.drainUntil.IsZero() {

@@ -16,13 +16,14 @@ const (
 	// gateOutput explains a failed readiness while the gate is closed.
 	gateOutput = "service is starting or stopping"
 
-	// Check names and component type of the readiness document.
-	checkConnections  = "postgres:connections"
-	checkResponseTime = "postgres:responseTime"
-	// The replica's checks, when there is one.
-	checkReplicaConnections  = "postgres-replica:connections"
-	checkReplicaResponseTime = "postgres-replica:responseTime"
-	componentType            = "datastore"
+	// Suffixes of the readiness document's check names, after a
+	// database's checkName ("postgres", "postgres-orders") or its
+	// replica's (checkName + replicaSuffix), and the checks' component
+	// type.
+	checkConnections  = ":connections"
+	checkResponseTime = ":responseTime"
+	replicaSuffix     = "-replica"
+	componentType     = "datastore"
 
 	// Values of the status document's status key, as the Python original
 	// wrote them.
@@ -48,13 +49,25 @@ type healthResult struct {
 	Output        string `json:"output,omitempty"`
 }
 
-// statusDocument is the Python original's /status response, key for key.
+// statusDocument is the Python original's /status response, key for key,
+// and the other databases of a Checker that has them, under a key the
+// original never wrote so that readers of the original keys see no
+// change.
 type statusDocument struct {
-	Application string         `json:"application"`
-	Environment string         `json:"environment"`
-	Postgres    statusPostgres `json:"postgres"`
-	Status      string         `json:"status"`
-	Version     string         `json:"version"`
+	Application string                    `json:"application"`
+	Environment string                    `json:"environment"`
+	Instances   map[string]statusInstance `json:"instances,omitempty"`
+	Postgres    statusPostgres            `json:"postgres"`
+	Status      string                    `json:"status"`
+	Version     string                    `json:"version"`
+}
+
+// statusInstance is a database other than the main one in the status
+// document: its pool and its own status.
+type statusInstance struct {
+	PoolFree int32  `json:"pool_free"`
+	PoolSize int32  `json:"pool_size"`
+	Status   string `json:"status"`
 }
 
 type statusPostgres struct {
@@ -74,11 +87,15 @@ func (c *Checker) LivenessHandler() http.Handler {
 // ReadinessHandler answers 200 when the readiness gate is open and the
 // check passes or warns, and 503 otherwise, with an application/health+json
 // document: the overall status, an output explaining warn or fail, and
-// the checks "postgres:connections" (open connections) and
-// "postgres:responseTime" (ping latency in milliseconds). The latter is
-// left out when the pool was saturated, as no ping was made. While the
-// gate is closed the document has status fail, says the service is
-// starting or stopping, and the database is not pinged.
+// for each database the checks "postgres:connections" (open connections)
+// and "postgres:responseTime" (ping latency in milliseconds), named
+// "postgres-<name>:..." for a named database and "...-replica:..." for a
+// replica. A response time is left out when the pool was saturated, as no
+// ping was made. Each check has its database's own status; the overall
+// one is fail only when a database that is not optional fails, and the
+// output then names it. While the gate is closed the document has status
+// fail, says the service is starting or stopping, and no database is
+// pinged.
 func (c *Checker) ReadinessHandler() http.Handler {
 	return getOrHead(func(w http.ResponseWriter, r *http.Request) {
 		if !c.Ready() {
@@ -97,9 +114,12 @@ func (c *Checker) ReadinessHandler() http.Handler {
 
 func readinessDocument(r Report) healthDocument {
 	checks := map[string][]healthResult{}
-	addChecks(checks, checkConnections, checkResponseTime, r)
-	if r.Replica != nil {
-		addChecks(checks, checkReplicaConnections, checkReplicaResponseTime, *r.Replica)
+	for _, db := range r.Databases() {
+		name := checkName(db.Name)
+		addChecks(checks, name+checkConnections, name+checkResponseTime, db)
+		if db.Replica != nil {
+			addChecks(checks, name+replicaSuffix+checkConnections, name+replicaSuffix+checkResponseTime, *db.Replica)
+		}
 	}
 	return healthDocument{Status: r.Status, Output: r.Error, Checks: checks}
 }
@@ -133,9 +153,16 @@ func addChecks(checks map[string][]healthResult, connections, responseTime strin
 //	 "postgres": {"pool_free": N, "pool_size": N},
 //	 "status": "ok" or "unavailable", "version": ...}
 //
-// with 200 when the database is available and 503 otherwise. While the
+// with 200 when the check's overall verdict is available and 503
+// otherwise; "postgres" is the main database's pool. A Checker of several
+// databases adds the others, by name, and only then:
+//
+//	"instances": {"orders": {"pool_free": N, "pool_size": N, "status": "ok"}}
+//
+// where each status is that database's own; an optional database that is
+// unavailable does not make the document's status unavailable. While the
 // readiness gate is closed it answers unavailable with pool sizes of zero
-// without pinging the database.
+// without pinging the databases.
 func (c *Checker) StatusHandler() http.Handler {
 	return getOrHead(func(w http.ResponseWriter, r *http.Request) {
 		doc := statusDocument{
@@ -144,6 +171,12 @@ func (c *Checker) StatusHandler() http.Handler {
 			Status:      statusUnavailable,
 			Version:     c.version,
 		}
+		if len(c.dbs) > 1 {
+			doc.Instances = make(map[string]statusInstance, len(c.dbs)-1)
+			for _, d := range c.dbs[1:] {
+				doc.Instances[d.name] = statusInstance{Status: statusUnavailable}
+			}
+		}
 		code := http.StatusServiceUnavailable
 		if c.Ready() {
 			report := c.Check(r.Context())
@@ -151,9 +184,20 @@ func (c *Checker) StatusHandler() http.Handler {
 			if report.Available {
 				doc.Status, code = statusOK, http.StatusOK
 			}
+			for _, in := range report.Instances {
+				doc.Instances[in.Name] = statusInstance{PoolFree: in.Stats.Idle, PoolSize: in.Stats.Size, Status: statusOf(in)}
+			}
 		}
 		writeJSON(w, r, code, jsonContentType, doc)
 	})
+}
+
+// statusOf is a database's own status in the status document's words.
+func statusOf(r Report) string {
+	if r.Available {
+		return statusOK
+	}
+	return statusUnavailable
 }
 
 // Register mounts c's handlers on mux at GET /livez, /readyz and /status

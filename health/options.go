@@ -41,6 +41,20 @@ type options struct {
 	logger      *zap.Logger
 	replica     Database
 	drainDelay  time.Duration
+	// name is the main database's, from WithName.
+	name string
+	// instances are the other databases, from WithInstance, in the order
+	// given; NewChecker drops duplicates.
+	instances []instanceOption
+	// optional holds the names given to OptionalInstance.
+	optional map[string]bool
+}
+
+// instanceOption is one call of WithInstance.
+type instanceOption struct {
+	name    string
+	db      Database
+	replica Database
 }
 
 type optionFunc func(*options)
@@ -124,12 +138,63 @@ func nameOr(given, env string) string {
 	return unknown
 }
 
-// WithReplica adds a read replica to the checks. Each check pings it too
-// (through its own pool, within the same timeout) and reports it under
-// Report.Replica and the readiness checks "postgres-replica:connections"
-// and "postgres-replica:responseTime". A replica that fails turns a
+// WithReplica adds a read replica of the main database (the one given to
+// NewChecker) to the checks. Each check pings it too (through its own
+// pool, within the same timeout) and reports it under Report.Replica and
+// the readiness checks "postgres-replica:connections" and
+// "postgres-replica:responseTime" ("postgres-<name>-replica:..." when
+// WithName gave the main database a name). A replica that fails turns a
 // passing check into warn, never fail: reads fall back to the primary,
 // so the service can still serve.
 func WithReplica(db Database) Option {
 	return optionFunc(func(o *options) { o.replica = db })
+}
+
+// WithName names the main database, the one given to NewChecker, as an
+// application with several PostgreSQL instances names them. The default
+// is "", the application's default instance, whose checks are
+// "postgres:connections" and "postgres:responseTime"; a database named
+// "orders" has "postgres-orders:connections" and
+// "postgres-orders:responseTime", and its replica
+// "postgres-orders-replica:...", so that a probe's document says which
+// instance is which.
+func WithName(name string) Option {
+	return optionFunc(func(o *options) { o.name = name })
+}
+
+// WithInstance adds another database to the checks under name, with its
+// read replica when replica is not nil. Each check pings every database
+// concurrently, each within the timeout, with the rules of the main one: a
+// saturated pool is warn without a ping, a failing replica turns pass into
+// warn. The Checker's verdict is fail when any database that is not
+// optional (OptionalInstance) fails. The database's report is in
+// Report.Instances, its checks are named as WithName names them, and the
+// status document lists it under "instances".
+//
+// Names are unique within a Checker: a database whose name is already
+// taken, by the main database or an earlier WithInstance, is left out, and
+// NewChecker logs a warning (WithLogger) rather than fail, since options
+// may come from a group that several parts of an application add to. A
+// nil db is left out the same way.
+func WithInstance(name string, db Database, replica Database) Option {
+	return optionFunc(func(o *options) {
+		o.instances = append(o.instances, instanceOption{name: name, db: db, replica: replica})
+	})
+}
+
+// OptionalInstance marks the database named name optional: the main one
+// when it has that name (WithName; "" is the unnamed one), else the one
+// WithInstance added under it. When an optional database fails, the
+// Checker's verdict is warn, not fail: the service stays ready and /readyz
+// answers 200, since it can serve without that database, while the
+// document still shows the failure. Marking a name that no database has
+// is not an error, so that the option may come from a group shared by
+// several Checkers.
+func OptionalInstance(name string) Option {
+	return optionFunc(func(o *options) {
+		if o.optional == nil {
+			o.optional = map[string]bool{}
+		}
+		o.optional[name] = true
+	})
 }
