@@ -177,8 +177,20 @@ func LoadConfig() (Config, error) {
 	return loadConfig(env.Options{})
 }
 
-// loadConfig is LoadConfig with the environment injectable, for tests.
+// LoadConfigPrefix is LoadConfig for the variables with prefix in front of
+// each name: LoadConfigPrefix("ORDERS_") reads ORDERS_POSTGRES_URL,
+// ORDERS_POSTGRES_MAX_POOL_SIZE and the rest, with the same defaults and
+// rules, and its errors name the prefixed variables. It is how Named
+// instances are configured (EnvPrefix gives an instance's prefix); an
+// empty prefix is LoadConfig.
+func LoadConfigPrefix(prefix string) (Config, error) {
+	return loadConfig(env.Options{Prefix: prefix})
+}
+
+// loadConfig is LoadConfig with the environment and the prefix
+// injectable.
 func loadConfig(opts env.Options) (Config, error) {
+	prefix := opts.Prefix
 	var cfg Config
 	opts.FuncMap = map[reflect.Type]env.ParserFunc{
 		reflect.TypeOf(time.Duration(0)): func(v string) (any, error) { return parseSeconds(v) },
@@ -203,17 +215,17 @@ func loadConfig(opts env.Options) (Config, error) {
 	}
 	// The value rules apply to what the environment set; a value left to
 	// its default is fine, and one code will set is Validate's to check.
-	for _, ce := range cfg.problems() {
+	for _, ce := range cfg.problems(prefix) {
 		variable := ce.Variable
-		if variable == EnvConnectionTimeout && !isSet(opts, EnvConnectionTimeout) {
-			variable = EnvConnectTimeout
+		if variable == prefix+EnvConnectionTimeout && !isSet(opts, variable) {
+			variable = prefix + EnvConnectTimeout
 		}
 		raw, set := lookupSet(opts, variable)
 		if !set || bad[variable] {
 			continue
 		}
 		ce.Variable, ce.Value = variable, raw
-		if variable == EnvURL || variable == EnvReadURL {
+		if variable == prefix+EnvURL || variable == prefix+EnvReadURL {
 			ce.Value = redact.ConnString(raw)
 		}
 		errs = append(errs, ce)
@@ -227,26 +239,27 @@ func loadConfig(opts env.Options) (Config, error) {
 // applyConnectTimeout reads POSTGRES_CONNECT_TIMEOUT, the seed's own name
 // for the connection timeout, into cfg.
 func applyConnectTimeout(cfg *Config, opts env.Options, bad map[string]bool) error {
-	raw, set := lookupSet(opts, EnvConnectTimeout)
+	alias, documented := opts.Prefix+EnvConnectTimeout, opts.Prefix+EnvConnectionTimeout
+	raw, set := lookupSet(opts, alias)
 	if !set {
 		return nil
 	}
 	d, err := parseSeconds(raw)
 	if err != nil {
-		bad[EnvConnectTimeout] = true
-		return &ConfigError{Variable: EnvConnectTimeout, Value: raw, Reason: err.Error()}
+		bad[alias] = true
+		return &ConfigError{Variable: alias, Value: raw, Reason: err.Error()}
 	}
-	other, otherSet := lookupSet(opts, EnvConnectionTimeout)
+	other, otherSet := lookupSet(opts, documented)
 	switch {
 	case !otherSet:
 		cfg.ConnectionTimeout = d
-	case bad[EnvConnectionTimeout]:
+	case bad[documented]:
 		// Already reported; which of the two wins cannot matter yet.
 	case d != cfg.ConnectionTimeout:
-		bad[EnvConnectTimeout] = true
-		return &ConfigError{Variable: EnvConnectTimeout, Value: raw,
+		bad[alias] = true
+		return &ConfigError{Variable: alias, Value: raw,
 			Reason: fmt.Sprintf("differs from %s (%q): they are two names for one setting; set one of them",
-				EnvConnectionTimeout, other)}
+				documented, other)}
 	}
 	return nil
 }
@@ -254,7 +267,7 @@ func applyConnectTimeout(cfg *Config, opts env.Options, bad map[string]bool) err
 // translateEnvError turns env's field-named errors into ConfigErrors that
 // name the variable and the raw value.
 func translateEnvError(err error, opts env.Options) []error {
-	params, perr := env.GetFieldParamsWithOptions(&Config{}, env.Options{})
+	params, perr := env.GetFieldParamsWithOptions(&Config{}, env.Options{Prefix: opts.Prefix})
 	if perr != nil {
 		return []error{fmt.Errorf("%w: %w", ErrInvalidConfig, err)}
 	}
@@ -277,7 +290,7 @@ func translateEnvError(err error, opts env.Options) []error {
 			}
 		}
 		raw := lookupEnv(opts, variable)
-		if variable == EnvURL || variable == EnvReadURL {
+		if variable == opts.Prefix+EnvURL || variable == opts.Prefix+EnvReadURL {
 			raw = redact.ConnString(raw)
 		}
 		ce := &ConfigError{Variable: variable, Value: raw, Reason: describeType(pe.Type)}
@@ -389,7 +402,12 @@ var queryExecModes = map[string]pgx.QueryExecMode{
 // each part is a *ConfigError that names its environment variable. It
 // returns nil for a usable Config.
 func (c Config) Validate() error {
-	problems := c.problems()
+	return c.validate("")
+}
+
+// validate is Validate for the instance whose variables carry prefix.
+func (c Config) validate(prefix string) error {
+	problems := c.problems(prefix)
 	errs := make([]error, len(problems))
 	for i, p := range problems {
 		errs[i] = p
@@ -397,8 +415,9 @@ func (c Config) Validate() error {
 	return errors.Join(errs...)
 }
 
-// problems lists what Validate reports, one entry per bad setting.
-func (c Config) problems() []*ConfigError {
+// problems lists what Validate reports, one entry per bad setting, naming
+// the variables with prefix in front.
+func (c Config) problems(prefix string) []*ConfigError {
 	var errs []*ConfigError
 	bad := func(variable, value, reason string) {
 		errs = append(errs, &ConfigError{Variable: variable, Value: value, Reason: reason})
@@ -411,6 +430,7 @@ func (c Config) problems() []*ConfigError {
 			errs = append(errs, err)
 		}
 	}
+
 	if c.MaxPoolSize < 1 {
 		bad(EnvMaxPoolSize, strconv.Itoa(c.MaxPoolSize), "must be at least 1")
 	}
@@ -445,6 +465,13 @@ func (c Config) problems() []*ConfigError {
 	}
 	if c.QueryTimeout > 0 && c.QueryTimeout < time.Millisecond {
 		bad(EnvQueryTimeout, c.QueryTimeout.String(), "must be at least 1ms (statement_timeout counts milliseconds)")
+	}
+	if prefix != "" {
+		for _, e := range errs {
+			e.Variable = prefix + e.Variable
+			// A reason may name another variable of the same instance.
+			e.Reason = strings.ReplaceAll(e.Reason, "POSTGRES_", prefix+"POSTGRES_")
+		}
 	}
 	return errs
 }

@@ -29,9 +29,13 @@ type CheckerParams struct {
 	Pool      *Pool
 	Lifecycle fx.Lifecycle
 
-	// Logger receives the checker's logs: changes of the database's
+	// Logger receives the checker's logs: changes of the databases'
 	// health and the start of a drain.
 	Logger *zap.Logger `optional:"true"`
+
+	// Instances are the application's instances (InstancesGroup); the
+	// checker covers the Named ones too, each under its own check names.
+	Instances []Instance `group:"sprocketspg_instances"`
 
 	// Options come from the HealthOptionsGroup value group; they apply
 	// after Module's own, so health.WithDrainDelay there wins over
@@ -49,33 +53,69 @@ func ProvideHealthOptions(opts ...health.Option) fx.Option {
 }
 
 // NewChecker returns a health.Checker of pool, for use without fx. Its
-// checks run through pool's own connections; readiness follows the pool:
-// it fails before the pool has started and from the moment Shutdown
-// begins.
+// checks run through pool's own connections, under the check names of the
+// pool's instance (WithName); readiness follows the pool: it fails before
+// the pool has started and from the moment Shutdown begins. Add other
+// instances' pools with health.WithInstance, or join checkers with
+// health.Combine.
 func NewChecker(pool *Pool, opts ...health.Option) *health.Checker {
-	c := health.NewChecker(poolHealth{pool}, withReplicaCheck(pool, opts)...)
+	c := newPoolChecker(pool, opts)
 	c.SetReady(true)
 	return c
 }
 
-// provideChecker builds Module's checker. It is ready from the end of
-// start-up to the beginning of stop: its hooks are appended after the
-// pool's, so fx runs its OnStart after the pool has connected and its
-// OnStop before the pool starts to close, and readiness fails while
-// in-flight work drains. Its drain delay comes from SHUTDOWN_DELAY; a
-// value that does not parse fails the application's construction with an
-// error naming the variable.
+// newPoolChecker is the checker of pool, named after its instance, with
+// its read replica, then opts.
+func newPoolChecker(pool *Pool, opts []health.Option) *health.Checker {
+	own := []health.Option{health.WithName(pool.name)}
+	if r := replicaHealth(pool); r != nil {
+		own = append(own, health.WithReplica(r))
+	}
+	return health.NewChecker(poolHealth{pool}, append(own, opts...)...)
+}
+
+// provideChecker builds Module's checker: of the default pool and of every
+// Named instance, each under its own check names (postgres:* for the
+// default, postgres-orders:* for "orders"), so that /readyz fails while
+// any required one is down (health.OptionalInstance makes one a warning).
+// It is ready from the end of start-up to the beginning of stop: it takes
+// every pool, so its hooks are appended after theirs, fx runs its OnStart
+// after they have connected and its OnStop before they start to close, and
+// readiness fails while in-flight work drains. Its drain delay comes from
+// SHUTDOWN_DELAY; a value that does not parse fails the application's
+// construction with an error naming the variable.
 func provideChecker(p CheckerParams) (*health.Checker, error) {
+	var others []Instance
+	for _, in := range p.Instances {
+		if in.Name != "" {
+			others = append(others, in)
+		}
+	}
+	return newLifecycleChecker(p.Pool, others, p.Lifecycle, p.Logger, p.Options)
+}
+
+// provideNamedChecker builds a Named instance's own checker, of its pool
+// alone, under its check names.
+func provideNamedChecker(pool *Pool, lc fx.Lifecycle, logger *zap.Logger, opts []health.Option) (*health.Checker, error) {
+	return newLifecycleChecker(pool, nil, lc, logger, opts)
+}
+
+// newLifecycleChecker is the checker of main and others whose readiness
+// gate follows lc, with opts applied after its own.
+func newLifecycleChecker(main *Pool, others []Instance, lc fx.Lifecycle, logger *zap.Logger, opts []health.Option) (*health.Checker, error) {
 	delay, err := shutdownDelay(os.Getenv(EnvShutdownDelay))
 	if err != nil {
 		return nil, err
 	}
-	opts := []health.Option{health.WithDrainDelay(delay)}
-	if p.Logger != nil {
-		opts = append(opts, health.WithLogger(p.Logger))
+	own := []health.Option{health.WithDrainDelay(delay)}
+	if logger != nil {
+		own = append(own, health.WithLogger(logger))
 	}
-	c := health.NewChecker(poolHealth{p.Pool}, withReplicaCheck(p.Pool, append(opts, p.Options...))...)
-	p.Lifecycle.Append(fx.Hook{
+	for _, in := range others {
+		own = append(own, health.WithInstance(in.Name, poolHealth{in.Pool}, replicaHealth(in.Pool)))
+	}
+	c := newPoolChecker(main, append(own, opts...))
+	lc.Append(fx.Hook{
 		OnStart: func(context.Context) error {
 			c.SetReady(true)
 			return nil
@@ -103,12 +143,13 @@ func shutdownDelay(raw string) (time.Duration, error) {
 	return d, nil
 }
 
-// withReplicaCheck adds the read replica, if pool has one, to the checks.
-func withReplicaCheck(pool *Pool, opts []health.Option) []health.Option {
+// replicaHealth shows pool's read replica to the health package; nil
+// without one.
+func replicaHealth(pool *Pool) health.Database {
 	if pool.replica == nil {
-		return opts
+		return nil
 	}
-	return append([]health.Option{health.WithReplica(poolHealth{pool.replica.pool})}, opts...)
+	return poolHealth{pool.replica.pool}
 }
 
 // poolHealth shows a Pool to the health package.

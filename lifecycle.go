@@ -16,14 +16,25 @@ import (
 // With ThrowawayWhenUnset in the application and no URL in the Config,
 // NewPool starts a throwaway server first and uses it.
 func NewPool(p Params) (Result, error) {
+	pool, err := buildPool("", p)
+	if err != nil {
+		return Result{}, err
+	}
+	return Result{Pool: pool, Instance: Instance{Pool: pool}}, nil
+}
+
+// buildPool is NewPool for the instance called name ("" for the default),
+// the one code path of Module and Named.
+func buildPool(name string, p Params) (*Pool, error) {
 	cfg := p.Config
 	if p.Throwaway != nil && strings.TrimSpace(cfg.URL) == "" {
 		var err error
-		if cfg, err = useThrowaway(cfg, p.Throwaway, p.Lifecycle, p.Logger); err != nil {
-			return Result{}, err
+		if cfg, err = useThrowaway(name, cfg, p.Throwaway, p.Lifecycle, p.Logger); err != nil {
+			return nil, err
 		}
 	}
-	opts := make([]Option, 0, len(p.Options)+len(p.Observers)+2)
+	opts := make([]Option, 0, len(p.Options)+len(p.Observers)+3)
+	opts = append(opts, WithName(name))
 	if p.Logger != nil {
 		opts = append(opts, WithLogger(p.Logger))
 	}
@@ -36,11 +47,11 @@ func NewPool(p Params) (Result, error) {
 	opts = append(opts, p.Options...)
 	pool, err := newPool(cfg, opts...)
 	if err != nil {
-		return Result{}, err
+		return nil, err
 	}
 	p.Lifecycle.Append(fx.Hook{
 		OnStart: pool.start,
 		OnStop:  pool.Shutdown,
 	})
-	return Result{Pool: pool}, nil
+	return pool, nil
 }

@@ -36,6 +36,9 @@ type QueryEvent struct {
 	// request ID). It may have ended by the time an observer runs, since
 	// observers run after the call has returned.
 	Context context.Context
+	// Instance is the name of the instance whose pool ran it (Named,
+	// WithName); "" for the default instance.
+	Instance string
 	// Operation is what ran.
 	Operation Operation
 	// MetricName is the name from WithMetricName (or txn.MetricName for a
@@ -204,6 +207,7 @@ func (p *Pool) observe(ctx context.Context, op Operation, metricName, sql string
 	if p.dispatch != nil {
 		p.dispatch.send(QueryEvent{
 			Context:    ctx,
+			Instance:   p.name,
 			Operation:  op,
 			MetricName: metricName,
 			SQL:        sql,

@@ -14,7 +14,10 @@ type Option interface {
 }
 
 type options struct {
+	name        string // the instance's name; "" for the default
+	nameErr     error  // a name WithName refused
 	logger      *zap.Logger
+	loggerNamed bool // logger already carries the instance's name
 	resolver    discovery.Resolver
 	observers   []Observer
 	tracers     []pgx.QueryTracer
@@ -51,6 +54,18 @@ func WithPoolConfig(fn func(*pgxpool.Config)) Option {
 		if fn != nil {
 			o.poolConfigs = append(o.poolConfigs, fn)
 		}
+	})
+}
+
+// WithName names the pool as an instance of the application, as Named
+// does under fx: its errors and logs say which instance they concern
+// (logs carry an "instance" field), QueryEvent.Instance reports name, and
+// configuration errors name the instance's variables (ORDERS_POSTGRES_URL
+// for "orders"). name follows the rule of Named; New and NewPool fail for
+// any other. Without it, or with "", the pool is the default instance.
+func WithName(name string) Option {
+	return optionFunc(func(o *options) {
+		o.name, o.nameErr = name, validateInstanceName(name)
 	})
 }
 

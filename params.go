@@ -42,6 +42,9 @@ type Result struct {
 	fx.Out
 
 	Pool *Pool
+
+	// Instance is the pool as the default instance, in InstancesGroup.
+	Instance Instance `group:"sprocketspg_instances"`
 }
 
 // ProvideOptions adds opts to the OptionsGroup value group, so Module

@@ -42,7 +42,8 @@ type Pool struct {
 	cfg        Config
 	logger     *zap.Logger
 	poolConfig *pgxpool.Config
-	target     string // host:port list, database and user, for errors and logs
+	name       string // the instance's name; "" for the default
+	target     string // host:port list, instance, database and user, for errors and logs
 	password   string // scrubbed from every error text
 
 	mu        sync.Mutex // serialises start and stop
@@ -104,15 +105,24 @@ func New(ctx context.Context, cfg Config, opts ...Option) (*Pool, error) {
 // newPool validates cfg and prepares the pgxpool configuration. It does
 // no I/O.
 func newPool(cfg Config, opts ...Option) (*Pool, error) {
-	if err := cfg.Validate(); err != nil {
-		return nil, err
-	}
 	var o options
 	for _, opt := range opts {
 		opt.apply(&o)
 	}
+	if o.nameErr != nil {
+		return nil, o.nameErr
+	}
+	prefix := EnvPrefix(o.name)
+	if err := cfg.validate(prefix); err != nil {
+		return nil, err
+	}
 	if o.logger == nil {
 		o.logger = zap.NewNop()
+	}
+	if o.name != "" && !o.loggerNamed {
+		// Once: a read pool gets these options, logger and all.
+		o.logger = o.logger.With(zap.String("instance", o.name))
+		o.loggerNamed = true
 	}
 	parseURL := cfg.URL
 	var hosts *hostSource
@@ -125,7 +135,7 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 	}
 	pc, err := pgxpool.ParseConfig(parseURL)
 	if err != nil {
-		return nil, &ConfigError{Variable: EnvURL, Value: redact.ConnString(cfg.URL),
+		return nil, &ConfigError{Variable: prefix + EnvURL, Value: redact.ConnString(cfg.URL),
 			Reason: "cannot be parsed", Err: redact.Error(err, redact.Password(cfg.URL))}
 	}
 	applyConfig(pc, cfg)
@@ -170,13 +180,14 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 	pc.AfterConnect, pc.BeforeConnect = ourAfter, chainConnHooks(refuseInitialFill, ourBefore)
 	pc.BeforeClose, pc.ShouldPing = ourClose, ourShouldPing
 	pc.ConnConfig.Tracer = combineTracers(tracers)
-	target := describeTarget(pc.ConnConfig)
+	target := describeTarget(o.name, pc.ConnConfig)
 	if hosts != nil {
-		target = fmt.Sprintf("SRV %s (database %q, user %q)", hosts.name, pc.ConnConfig.Database, pc.ConnConfig.User)
+		target = "SRV " + hosts.name + " " + describeOwner(o.name, pc.ConnConfig)
 	}
 	p := &Pool{
 		cfg:        cfg,
 		logger:     o.logger,
+		name:       o.name,
 		poolConfig: pc,
 		target:     target,
 		password:   pc.ConnConfig.Password,
@@ -251,9 +262,9 @@ func applyConfig(pc *pgxpool.Config, cfg Config) {
 	}
 }
 
-// describeTarget names the server(s) and database of a connection config
-// for errors and logs; it never includes the password.
-func describeTarget(c *pgx.ConnConfig) string {
+// describeTarget names the server(s), instance, database and user of a
+// connection config for errors and logs; it never includes the password.
+func describeTarget(instance string, c *pgx.ConnConfig) string {
 	hosts := []string{hostPort(c.Host, c.Port)}
 	for _, fb := range c.Fallbacks {
 		hp := hostPort(fb.Host, fb.Port)
@@ -261,7 +272,16 @@ func describeTarget(c *pgx.ConnConfig) string {
 			hosts = append(hosts, hp)
 		}
 	}
-	return fmt.Sprintf("%s (database %q, user %q)", strings.Join(hosts, ","), c.Database, c.User)
+	return strings.Join(hosts, ",") + " " + describeOwner(instance, c)
+}
+
+// describeOwner is the parenthesis of describeTarget: the instance, when
+// it has a name, the database and the user.
+func describeOwner(instance string, c *pgx.ConnConfig) string {
+	if instance != "" {
+		return fmt.Sprintf("(instance %q, database %q, user %q)", instance, c.Database, c.User)
+	}
+	return fmt.Sprintf("(database %q, user %q)", c.Database, c.User)
 }
 
 func hostPort(host string, port uint16) string {
@@ -522,6 +542,12 @@ func (p *Pool) Close() {
 // stop. It does no I/O; use Status to test the server.
 func (p *Pool) IsConnected() bool {
 	return p.connected.Load()
+}
+
+// Name returns the name of the pool's instance (Named, WithName); "" for
+// the default instance.
+func (p *Pool) Name() string {
+	return p.name
 }
 
 // Config returns the configuration the pool was built from.

@@ -39,8 +39,8 @@ func newReplica(cfg Config, o options) (*replica, error) {
 	rp, err := newPool(rcfg, optionFunc(func(dst *options) { *dst = o }))
 	if err != nil {
 		var ce *ConfigError
-		if errors.As(err, &ce) && ce.Variable == EnvURL {
-			ce.Variable = EnvReadURL
+		if prefix := EnvPrefix(o.name); errors.As(err, &ce) && ce.Variable == prefix+EnvURL {
+			ce.Variable = prefix + EnvReadURL
 		}
 		return nil, err
 	}

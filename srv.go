@@ -35,7 +35,7 @@ type hostSource struct {
 
 func newHostSource(url string, o options) (*hostSource, error) {
 	invalid := func(err error) error {
-		return &ConfigError{Variable: EnvURL, Value: redact.ConnString(url),
+		return &ConfigError{Variable: EnvPrefix(o.name) + EnvURL, Value: redact.ConnString(url),
 			Reason: "is not a valid SRV URL", Err: redact.Error(err, redact.Password(url))}
 	}
 	name, err := discovery.SRVName(url)

@@ -32,7 +32,9 @@ type ThrowawayStarter func(ctx context.Context) (url string, stop func() error, 
 // Config that NewPool gets has no URL (POSTGRES_URL unset and no URL set
 // in code), NewPool calls start to get a throwaway PostgreSQL server, uses
 // its URL and stops the server, removing its data, when the application
-// stops. When the URL is set nothing happens: start is not called.
+// stops. When the URL is set nothing happens: start is not called. Every
+// instance without a URL, Module's and each Named one (whose variable is
+// ORDERS_POSTGRES_URL, say), gets a server of its own.
 //
 // It is never on by default, and it must never be used in production: a
 // production service without POSTGRES_URL has to fail, not quietly run on
@@ -69,13 +71,14 @@ func ThrowawayWhenUnset(start ThrowawayStarter) fx.Option {
 
 // useThrowaway gives c, which has no URL, the URL of a server from start,
 // and stops that server when the application stops.
-func useThrowaway(c Config, start ThrowawayStarter, lc fx.Lifecycle, logger *zap.Logger) (Config, error) {
+func useThrowaway(name string, c Config, start ThrowawayStarter, lc fx.Lifecycle, logger *zap.Logger) (Config, error) {
+	variable := EnvPrefix(name) + EnvURL
 	// A server started here is stopped by a stop hook, which never runs
 	// when fx.New fails; a Config that newPool would refuse fails before
 	// there is a server to leave behind.
 	check := c
 	check.URL = throwawayValidationURL
-	if err := check.Validate(); err != nil {
+	if err := check.validate(EnvPrefix(name)); err != nil {
 		return Config{}, err
 	}
 
@@ -89,10 +92,10 @@ func useThrowaway(c Config, start ThrowawayStarter, lc fx.Lifecycle, logger *zap
 		if stop != nil {
 			_ = stop()
 		}
-		return Config{}, fmt.Errorf("%s is unset and no throwaway PostgreSQL could be started: %w", EnvURL, err)
+		return Config{}, fmt.Errorf("%s is unset and no throwaway PostgreSQL could be started: %w", variable, err)
 	}
 
-	warnThrowaway(logger, url)
+	warnThrowaway(logger, variable, url)
 	// Appended before the pool's hooks, so it runs after the pool has
 	// closed; fx also runs it when a later start hook fails.
 	lc.Append(fx.StopHook(func() error {
@@ -111,15 +114,16 @@ func useThrowaway(c Config, start ThrowawayStarter, lc fx.Lifecycle, logger *zap
 	return c, nil
 }
 
-// throwawayMessage is what ThrowawayWhenUnset logs when it starts a server.
-const throwawayMessage = EnvURL + " is unset: started a throwaway PostgreSQL for this run; " +
+// throwawayMessage is what ThrowawayWhenUnset logs when it starts a
+// server, after the name of the variable that is unset.
+const throwawayMessage = " is unset: started a throwaway PostgreSQL for this run; " +
 	"its data is deleted when the application stops. NEVER use this in production"
 
-func warnThrowaway(logger *zap.Logger, url string) {
+func warnThrowaway(logger *zap.Logger, variable, url string) {
 	safe := redact.ConnString(url)
 	if logger == nil {
-		fmt.Fprintf(os.Stderr, "WARN\tsprocketspg: %s (url %s)\n", throwawayMessage, safe)
+		fmt.Fprintf(os.Stderr, "WARN\tsprocketspg: %s%s (url %s)\n", variable, throwawayMessage, safe)
 		return
 	}
-	logger.Warn(throwawayMessage, zap.String("url", safe))
+	logger.Warn(variable+throwawayMessage, zap.String("url", safe))
 }

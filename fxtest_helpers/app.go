@@ -49,3 +49,31 @@ func NewAppWithDatabase(tb testing.TB, url string, opts ...fx.Option) *fxtest.Ap
 	tb.Cleanup(app.RequireStop)
 	return app
 }
+
+// NamedDatabase adds the instance sprocketspg.Named(name) to an app of
+// NewApp or NewAppWithDatabase, connected to a fresh database of tb's own
+// (NewDatabase with opts), for tests of applications with several
+// databases:
+//
+//	fxtest_helpers.NewApp(t,
+//		fxtest_helpers.NamedDatabase(t, "orders", fxtest_helpers.WithSchema(ordersSQL)),
+//		fx.Populate(&pools), // a struct with `name:"orders"` fields, say
+//	)
+//
+// As with NewApp's own database, a Config decorated elsewhere keeps its
+// other settings but the instance's URL is always the test database's. It
+// fails tb when the database cannot be created.
+func NamedDatabase(tb testing.TB, name string, opts ...DatabaseOption) fx.Option {
+	tb.Helper()
+	url := NewDatabase(tb, opts...)
+	tag := `name:"` + name + `"`
+	// A module of its own, as NewApp's decorator: a caller's decorator of
+	// the named Config at the root composes with it.
+	return fx.Module("fxtest_helpers_"+name,
+		sprocketspg.Named(name),
+		fx.Decorate(fx.Annotate(func(c sprocketspg.Config) sprocketspg.Config {
+			c.URL = url
+			return c
+		}, fx.ParamTags(tag), fx.ResultTags(tag))),
+	)
+}
