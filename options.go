@@ -21,7 +21,9 @@ type options struct {
 	resolver    discovery.Resolver
 	observers   []Observer
 	tracers     []pgx.QueryTracer
-	poolConfigs []func(*pgxpool.Config)
+	// instanceTracers make tracers for the instance's name.
+	instanceTracers []func(instance string) pgx.QueryTracer
+	poolConfigs     []func(*pgxpool.Config)
 }
 
 type optionFunc func(*options)

@@ -148,6 +148,11 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 		tracers = append(tracers, t)
 	}
 	tracers = append(tracers, o.tracers...)
+	for _, newTracer := range o.instanceTracers {
+		if t := newTracer(o.name); t != nil {
+			tracers = append(tracers, t)
+		}
+	}
 	idle := &idleChecks{}
 	pc.AfterConnect = chainConnHooks(pc.AfterConnect, idle.afterConnect)
 	ourAfter, ourBefore := pc.AfterConnect, pc.BeforeConnect

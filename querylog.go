@@ -22,6 +22,20 @@ func WithTracer(t pgx.QueryTracer) Option {
 	})
 }
 
+// WithInstanceTracer adds to the pool's tracers the one newTracer returns
+// for the name of the pool's instance ("" for the default; see Named and
+// WithName), or none when it returns nil. It is for an option shared by
+// every instance of an application, from OptionsGroup, whose tracer should
+// say which instance it traced. newTracer is called once per pool, after
+// all of its options have been applied.
+func WithInstanceTracer(newTracer func(instance string) pgx.QueryTracer) Option {
+	return optionFunc(func(o *options) {
+		if newTracer != nil {
+			o.instanceTracers = append(o.instanceTracers, newTracer)
+		}
+	})
+}
+
 // combineTracers returns the one tracer pgx allows per connection: nil
 // for none, the tracer itself for one, a multitracer for several.
 func combineTracers(tracers []pgx.QueryTracer) pgx.QueryTracer {

@@ -2,7 +2,10 @@ package otelpg
 
 import (
 	"context"
+	"slices"
+	"strings"
 
+	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/otel/metric"
 	"go.opentelemetry.io/otel/trace"
 	"go.uber.org/fx"
@@ -17,16 +20,25 @@ import (
 //		fx.As(new(otelpg.Option)), fx.ResultTags(`group:"otelpg_options"`)))
 const OptionsGroup = "otelpg_options"
 
-// Module instruments the application's sprocketspg.Pool with
-// OpenTelemetry. It adds the otelpgx tracer to sprocketspg.OptionsGroup
-// and an Observer to sprocketspg.ObserversGroup (New), and records the
-// pool's connection statistics from the end of the pool's start until
-// the application stops (RecordStatsHooks).
+// Module instruments every database instance of the application with
+// OpenTelemetry: sprocketspg.Module's and each of sprocketspg.Named, as
+// sprocketspg.InstancesGroup lists them. It adds the otelpgx tracer to
+// sprocketspg.OptionsGroup and an Observer to sprocketspg.ObserversGroup
+// (New), which every instance's pool uses, and records each pool's
+// connection statistics from the end of the pools' start until the
+// application stops (RecordStatsHooks).
+//
+// The spans, otelpgx's per-statement metrics, the operation histogram and
+// the statistics of a named instance carry its name as PoolNameKey
+// (db.client.connection.pool.name): the tracer option
+// (sprocketspg.WithInstanceTracer) gives each pool a tracer of its own.
 //
 // It uses the trace.TracerProvider and metric.MeterProvider of the graph
 // when there are any, and the OpenTelemetry globals otherwise. Module
-// expects sprocketspg.Module (or another provider of *sprocketspg.Pool
-// that reads those groups) in the same application.
+// expects sprocketspg.Module, sprocketspg.Named, or both (or another
+// provider of *sprocketspg.Pool that reads those groups) in the same
+// application, but requires none of them: an application with only named
+// instances needs no unnamed *sprocketspg.Pool.
 var Module = fx.Module("otelpg",
 	fx.Provide(New),
 	fx.Invoke(RecordStatsHooks),
@@ -52,10 +64,12 @@ type Params struct {
 type Result struct {
 	fx.Out
 
-	// Tracer is the otelpgx tracer, as a sprocketspg.WithTracer option.
+	// Tracer makes the otelpgx tracer of each instance's pool, as a
+	// sprocketspg.WithInstanceTracer option.
 	Tracer sprocketspg.Option `group:"sprocketspg_options"`
 
-	// Observer records the duration of the pool's operations.
+	// Observer records the duration of the operations of every
+	// instance's pool.
 	Observer sprocketspg.Observer `group:"sprocketspg_observers"`
 }
 
@@ -69,7 +83,9 @@ func New(p Params) (Result, error) {
 		return Result{}, err
 	}
 	return Result{
-		Tracer:   sprocketspg.WithTracer(newTracer(o)),
+		Tracer: sprocketspg.WithInstanceTracer(func(instance string) pgx.QueryTracer {
+			return newInstanceTracer(o, instance)
+		}),
 		Observer: obs,
 	}, nil
 }
@@ -79,7 +95,16 @@ func New(p Params) (Result, error) {
 type StatsParams struct {
 	fx.In
 
-	Pool      *sprocketspg.Pool
+	// Instances are the application's database instances, from
+	// sprocketspg.InstancesGroup.
+	Instances []sprocketspg.Instance `group:"sprocketspg_instances"`
+
+	// Pool is an unnamed pool from a provider of its own, which puts
+	// nothing in sprocketspg.InstancesGroup; its statistics are recorded
+	// too. sprocketspg.Module's pool is also among Instances, and is
+	// recorded once.
+	Pool *sprocketspg.Pool `optional:"true"`
+
 	Lifecycle fx.Lifecycle
 
 	// MeterProvider records the statistics; without one the global
@@ -90,27 +115,60 @@ type StatsParams struct {
 	Options []Option `group:"otelpg_options"`
 }
 
-// RecordStatsHooks appends the lifecycle hooks that record p.Pool's
-// connection statistics: RecordStats on start, its stop function on stop.
-// Because it takes the pool, fx builds the pool, and appends the pool's
-// own hooks, first: recording starts after the pool has connected and
-// stops before it closes. Start fails with RecordStats's error.
+// RecordStatsHooks appends the lifecycle hooks that record the connection
+// statistics of each pool of p.Instances (and of p.Pool): RecordStats on
+// start, the stop functions on stop. Because it takes the instances, fx
+// builds every pool, and appends the pools' own hooks, first: recording
+// starts after all the pools have connected and stops before any of them
+// closes. Start fails with RecordStats's error, having stopped what it had
+// started.
 func RecordStatsHooks(p StatsParams) {
 	o := newOptions(withGraph(nil, p.MeterProvider, p.Options))
-	var stop func()
+	pools := instancePools(p.Instances, p.Pool)
+	var stops []func()
+	stopAll := func() {
+		for _, stop := range stops {
+			stop()
+		}
+		stops = nil
+	}
 	p.Lifecycle.Append(fx.Hook{
 		OnStart: func(context.Context) error {
-			var err error
-			stop, err = recordStats(p.Pool, o)
-			return err
-		},
-		OnStop: func(context.Context) error {
-			if stop != nil {
-				stop()
+			for _, pool := range pools {
+				stop, err := recordStats(pool, o)
+				if err != nil {
+					// fx runs no OnStop for a hook whose OnStart failed.
+					stopAll()
+					return err
+				}
+				stops = append(stops, stop)
 			}
 			return nil
 		},
+		OnStop: func(context.Context) error {
+			stopAll()
+			return nil
+		},
 	})
+}
+
+// instancePools returns the pools of instances and extra, each once,
+// ordered by instance name (the default instance first), so that start
+// does the same from run to run: fx does not promise the order of a value
+// group.
+func instancePools(instances []sprocketspg.Instance, extra *sprocketspg.Pool) []*sprocketspg.Pool {
+	sorted := slices.Clone(instances)
+	slices.SortStableFunc(sorted, func(a, b sprocketspg.Instance) int { return strings.Compare(a.Name, b.Name) })
+	pools := make([]*sprocketspg.Pool, 0, len(sorted)+1)
+	for _, in := range sorted {
+		if in.Pool != nil && !slices.Contains(pools, in.Pool) {
+			pools = append(pools, in.Pool)
+		}
+	}
+	if extra != nil && !slices.Contains(pools, extra) {
+		pools = append(pools, extra)
+	}
+	return pools
 }
 
 // withGraph puts the providers found in the graph before opts, so that

@@ -29,6 +29,19 @@ const OperationDurationName = "sprocketspg.operation.duration"
 // sprocketspg.WithMetricName.
 const MetricNameKey = attribute.Key("sprocketspg.metric_name")
 
+// PoolNameKey is the attribute that names the instance (sprocketspg.Named,
+// sprocketspg.WithName) whose pool a measurement is of: OpenTelemetry's
+// db.client.connection.pool.name, whose conventions ask for the pool's own
+// name when it has one. The histogram of an Observer and the statistics of
+// RecordStats carry it for a named instance. The default instance has no
+// name: its operations are recorded without the attribute, and its
+// statistics with the value otelpgx gives every pool,
+// "<host>:<port>/<database>", which the conventions advise for a pool
+// without a name; both are what they were before instances had names.
+// An instance's name, lower-case letters, digits and underscores, never
+// looks like that value.
+const PoolNameKey = semconv.DBClientConnectionPoolNameKey
+
 // Values of MetricNameKey besides the names an Observer is given.
 const (
 	// UnnamedMetric is the metric name of an operation run without
@@ -47,8 +60,13 @@ var _ sprocketspg.Observer = (*Observer)(nil)
 
 // An Observer is a sprocketspg.Observer that records the duration of every
 // Execute, Callproc and Transaction in the histogram
-// sprocketspg.operation.duration (seconds). One Observer may observe
-// several pools. Use NewObserver to make one.
+// sprocketspg.operation.duration (seconds).
+//
+// One Observer may observe several pools, as Module's observes every
+// instance of the application: PoolNameKey tells the named instances
+// apart by QueryEvent.Instance. It is safe for concurrent use, which that
+// needs, since each pool delivers its events from a goroutine of its own.
+// Use NewObserver to make one.
 type Observer struct {
 	histogram metric.Float64Histogram
 	names     *metricname.Limiter
@@ -83,15 +101,20 @@ func newObserver(o options) (*Observer, error) {
 	}, nil
 }
 
-// ObserveQuery records ev's duration with its operation, metric name and,
-// when it failed, its error type.
+// ObserveQuery records ev's duration with its operation, metric name, the
+// name of its instance when it has one, and, when it failed, its error
+// type. The instances of an application are fixed when it starts, so the
+// values of PoolNameKey stay as few as they are.
 func (o *Observer) ObserveQuery(ev sprocketspg.QueryEvent) {
-	attrs := make([]attribute.KeyValue, 0, 4)
+	attrs := make([]attribute.KeyValue, 0, 5)
 	attrs = append(attrs,
 		o.system,
 		semconv.DBOperationName(string(ev.Operation)),
 		MetricNameKey.String(o.names.Label(ev.MetricName)),
 	)
+	if ev.Instance != "" {
+		attrs = append(attrs, PoolNameKey.String(ev.Instance))
+	}
 	if ev.Err != nil {
 		attrs = append(attrs, semconv.ErrorTypeKey.String(errorType(ev.Err)))
 	}

@@ -15,11 +15,22 @@ func NewTracer(opts ...Option) *otelpgx.Tracer {
 }
 
 func newTracer(o options) *otelpgx.Tracer {
-	tracerOpts := append([]otelpgx.Option{
+	return newInstanceTracer(o, "")
+}
+
+// newInstanceTracer is the tracer of the pool of the instance called
+// instance: its spans and metrics carry the name as PoolNameKey, unless it
+// is the default instance's (""), whose telemetry stays as it always was.
+func newInstanceTracer(o options, instance string) *otelpgx.Tracer {
+	tracerOpts := []otelpgx.Option{
 		otelpgx.WithTracerProvider(o.tracerProvider),
 		otelpgx.WithMeterProvider(o.meterProvider),
-	}, o.tracerOptions...)
-	return otelpgx.NewTracer(tracerOpts...)
+	}
+	if instance != "" {
+		name := PoolNameKey.String(instance)
+		tracerOpts = append(tracerOpts, otelpgx.WithTracerAttributes(name), otelpgx.WithMeterAttributes(name))
+	}
+	return otelpgx.NewTracer(append(tracerOpts, o.tracerOptions...)...)
 }
 
 // PoolOptions returns the sprocketspg options that instrument a pool

@@ -2,6 +2,7 @@ package otelpg_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -87,9 +88,23 @@ func (tel *telemetry) metrics(t *testing.T) map[string]metricdata.Metrics {
 	return out
 }
 
-// durationCounts returns the count of each data point of the operation
-// histogram, keyed by "operation/metric_name/error.type".
+// durationCounts returns the count of the operation histogram by
+// "operation/metric_name/error.type", summed over instances.
 func (tel *telemetry) durationCounts(t *testing.T) map[string]uint64 {
+	t.Helper()
+	counts := map[string]uint64{}
+	for key, n := range tel.poolDurationCounts(t) {
+		_, rest, _ := strings.Cut(key, "|")
+		counts[rest] += n
+	}
+	return counts
+}
+
+// poolDurationCounts returns the count of each data point of the
+// operation histogram, keyed by
+// "db.client.connection.pool.name|operation/metric_name/error.type", the
+// pool name empty when the attribute is absent.
+func (tel *telemetry) poolDurationCounts(t *testing.T) map[string]uint64 {
 	t.Helper()
 	counts := map[string]uint64{}
 	m, ok := tel.metrics(t)[otelpg.ScopeName+" "+otelpg.OperationDurationName]
@@ -101,10 +116,14 @@ func (tel *telemetry) durationCounts(t *testing.T) map[string]uint64 {
 	for _, dp := range h.DataPoints {
 		system, _ := dp.Attributes.Value("db.system.name")
 		assert.Equal(t, "postgresql", system.AsString())
+		pool, hasPool := dp.Attributes.Value(otelpg.PoolNameKey)
+		if hasPool {
+			require.NotEmpty(t, pool.AsString(), "a pool name, or none")
+		}
 		op, _ := dp.Attributes.Value("db.operation.name")
 		name, _ := dp.Attributes.Value(otelpg.MetricNameKey)
 		errType, _ := dp.Attributes.Value("error.type")
-		counts[op.AsString()+"/"+name.AsString()+"/"+errType.AsString()] = dp.Count
+		counts[pool.AsString()+"|"+op.AsString()+"/"+name.AsString()+"/"+errType.AsString()] = dp.Count
 	}
 	return counts
 }

@@ -22,6 +22,11 @@ var ErrPoolNotStarted = errors.New("postgres pool is not connected")
 // returned stop function is called. Call it after the pool has started,
 // and stop before the pool closes; stop may be called more than once.
 //
+// The statistics of a named pool (sprocketspg.Named, sprocketspg.WithName)
+// carry its name as PoolNameKey; those of the default instance carry
+// otelpgx's "<host>:<port>/<database>". An attribute of that key given
+// with WithStatsOptions replaces either.
+//
 // RecordStats returns an error matching ErrPoolNotStarted when pool is
 // not connected, and otelpgx's error when the meter provider refuses the
 // instruments.
@@ -37,7 +42,14 @@ func recordStats(pool *sprocketspg.Pool, o options) (func(), error) {
 		return nil, fmt.Errorf("record postgres pool statistics: %w", ErrPoolNotStarted)
 	}
 	mp := &registrationsProvider{MeterProvider: o.meterProvider}
-	statsOpts := append([]otelpgx.StatsOption{otelpgx.WithStatsMeterProvider(mp)}, o.statsOptions...)
+	statsOpts := make([]otelpgx.StatsOption, 0, len(o.statsOptions)+2)
+	statsOpts = append(statsOpts, otelpgx.WithStatsMeterProvider(mp))
+	if name := pool.Name(); name != "" {
+		// Before the caller's options: otelpgx keeps the last value of a
+		// key, so the caller's attribute of this key wins.
+		statsOpts = append(statsOpts, otelpgx.WithStatsAttributes(PoolNameKey.String(name)))
+	}
+	statsOpts = append(statsOpts, o.statsOptions...)
 	if err := otelpgx.RecordStats(pool.Pool, statsOpts...); err != nil {
 		mp.unregister()
 		return nil, fmt.Errorf("record postgres pool statistics: %w", err)

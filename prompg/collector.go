@@ -16,7 +16,8 @@ var _ prometheus.Collector = (*PoolCollector)(nil)
 // A PoolCollector is a prometheus.Collector of the connection statistics
 // of a sprocketspg.Pool: the pgxpool_* metrics of
 // github.com/IBM/pgxpoolprometheus (pgxpool_total_conns,
-// pgxpool_idle_conns, pgxpool_max_conns, pgxpool_acquire_count, ...).
+// pgxpool_idle_conns, pgxpool_max_conns, pgxpool_acquire_count, ...),
+// with the pool label (PoolLabel) naming the pool's instance.
 //
 // It may be made and registered before the pool starts: while the pool is
 // not connected (before start, after stop) it reports nothing, and it
@@ -32,12 +33,28 @@ type PoolCollector struct {
 	inner   *pgxpoolprometheus.Collector
 }
 
-// NewPoolCollector returns the collector of pool's statistics. Of opts only
-// WithConstLabels applies to it. It does no I/O.
+// NewPoolCollector returns the collector of pool's statistics, labelled
+// pool="<pool.Name()>": "" for the default instance, which Prometheus
+// stores as no label, and the instance's name for one made with
+// sprocketspg.Named or sprocketspg.WithName, so that the statistics of
+// several instances can share a registry. Of opts only WithConstLabels
+// applies to it; a pool label given there replaces the instance's name.
+// It does no I/O.
 func NewPoolCollector(pool *sprocketspg.Pool, opts ...Option) *PoolCollector {
 	o := newOptions(opts)
 	c := &PoolCollector{pool: pool}
-	c.inner = pgxpoolprometheus.NewCollector(collectorStater{c}, o.constLabels)
+	instance := ""
+	if pool != nil {
+		instance = pool.Name()
+	}
+	labels := make(prometheus.Labels, len(o.constLabels)+1)
+	// Every collector has the label, the default instance's too: the
+	// registry refuses one metric name with different label names.
+	labels[PoolLabel] = instance
+	for k, v := range o.constLabels {
+		labels[k] = v
+	}
+	c.inner = pgxpoolprometheus.NewCollector(collectorStater{c}, labels)
 	return c
 }
 

@@ -3,6 +3,8 @@ package prompg
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/fx"
@@ -12,22 +14,29 @@ import (
 )
 
 // OptionsGroup is the fx value group whose Options Module applies to its
-// QueryObserver and PoolCollector; for example
+// QueryObserver and to the PoolCollector of every instance; for example
 //
-//	fx.Supply(fx.Annotate(prompg.WithConstLabels(prometheus.Labels{"pool": "orders"}),
+//	fx.Supply(fx.Annotate(prompg.WithConstLabels(prometheus.Labels{"service": "widgets"}),
 //		fx.As(new(prompg.Option)), fx.ResultTags(`group:"prompg_options"`)))
 const OptionsGroup = "prompg_options"
 
-// Module exports the metrics of the application's sprocketspg.Pool to
-// Prometheus. It provides a *QueryObserver, which it adds to
-// sprocketspg.ObserversGroup, and, once the pool has started, registers
-// that observer and a PoolCollector of the pool with the
+// Module exports the metrics of every database instance of the
+// application to Prometheus: sprocketspg.Module's and each of
+// sprocketspg.Named, as sprocketspg.InstancesGroup lists them. It provides
+// a *QueryObserver, which it adds to sprocketspg.ObserversGroup so that
+// every instance's pool reports to it, and, once the pools have started,
+// registers that observer and a PoolCollector of each pool with the
 // prometheus.Registerer of the graph, or with
 // prometheus.DefaultRegisterer when the graph has none. It unregisters
-// both when the application stops.
+// them all when the application stops.
 //
-// Module expects sprocketspg.Module (or another provider of
-// *sprocketspg.Pool) in the same application.
+// Every series carries the pool label (PoolLabel) naming its instance;
+// the default instance's is "", which Prometheus stores as no label, so
+// its series are the ones an application with one database always had.
+//
+// Module expects sprocketspg.Module, sprocketspg.Named, or both, in the
+// same application, but requires neither: an application with only named
+// instances needs no unnamed *sprocketspg.Pool.
 var Module = fx.Module("prompg",
 	fx.Provide(NewObserver),
 	fx.Invoke(RegisterHooks),
@@ -62,7 +71,16 @@ func NewObserver(p ObserverParams) ObserverResult {
 type Params struct {
 	fx.In
 
-	Pool          *sprocketspg.Pool
+	// Instances are the application's database instances, from
+	// sprocketspg.InstancesGroup.
+	Instances []sprocketspg.Instance `group:"sprocketspg_instances"`
+
+	// Pool is an unnamed pool from a provider of its own, which puts
+	// nothing in sprocketspg.InstancesGroup; its statistics are exported
+	// too. sprocketspg.Module's pool is also among Instances, and is
+	// exported once.
+	Pool *sprocketspg.Pool `optional:"true"`
+
 	QueryObserver *QueryObserver
 	Lifecycle     fx.Lifecycle
 
@@ -70,8 +88,9 @@ type Params struct {
 	// prometheus.DefaultRegisterer.
 	Registerer prometheus.Registerer `optional:"true"`
 
-	// Logger is told when the pool's statistics cannot be registered
-	// because another pool's already are; without one nothing is logged.
+	// Logger is told when a pool's statistics cannot be registered
+	// because another pool's with the same labels already are; without
+	// one nothing is logged.
 	Logger *zap.Logger `optional:"true"`
 
 	// Options come from the OptionsGroup value group.
@@ -79,15 +98,18 @@ type Params struct {
 }
 
 // RegisterHooks appends the lifecycle hooks of Module: on start, register
-// p.QueryObserver and a PoolCollector of p.Pool; on stop, unregister them.
-// Because it takes the pool, fx builds the pool, and appends the pool's
-// own hooks, first: the collectors are registered only after the pool has
-// connected and unregistered before it closes.
+// p.QueryObserver and a PoolCollector of each pool of p.Instances (and of
+// p.Pool); on stop, unregister them. Because it takes the instances, fx
+// builds every pool, and appends the pools' own hooks, first: the
+// collectors are registered only after all the pools have connected and
+// unregistered before any of them closes.
 //
 // Start fails when the registry refuses a collector, for example because
-// a different metric with the same name is registered; another pool's
-// statistics registered with the same labels are not an error but a
-// warning, so that applications sharing a registry keep running.
+// a different metric with the same name is registered. Another pool's
+// statistics registered with the same labels, as those of the same
+// instance of another application sharing the registry, are not an error
+// but a warning naming the instance, so that the application keeps
+// running; that pool's statistics are then not exported.
 func RegisterHooks(p Params) {
 	reg := p.Registerer
 	if reg == nil {
@@ -97,7 +119,14 @@ func RegisterHooks(p Params) {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
+	pools := instancePools(p.Instances, p.Pool)
 	var unregister []func()
+	undoAll := func() {
+		for _, undo := range unregister {
+			undo()
+		}
+		unregister = nil
+	}
 	p.Lifecycle.Append(fx.Hook{
 		OnStart: func(context.Context) error {
 			undo, err := Register(reg, p.QueryObserver)
@@ -105,29 +134,45 @@ func RegisterHooks(p Params) {
 				return err
 			}
 			unregister = append(unregister, undo)
-			undo, err = Register(reg, NewPoolCollector(p.Pool, p.Options...))
-			switch {
-			case errors.Is(err, ErrPoolCollectorConflict):
-				logger.Warn("postgres pool statistics not exported to prometheus; give each pool its own labels with prompg.WithConstLabels",
-					zap.Error(err))
-			case err != nil:
-				// fx runs no OnStop for a hook whose OnStart failed.
-				for _, undo := range unregister {
-					undo()
+			for _, pool := range pools {
+				undo, err := Register(reg, NewPoolCollector(pool, p.Options...))
+				switch {
+				case errors.Is(err, ErrPoolCollectorConflict):
+					logger.Warn("postgres pool statistics not exported to prometheus: another pool's with the same labels are registered; "+
+						"give each application sharing the registry its own labels with prompg.WithConstLabels, and set no pool label there",
+						zap.String("instance", pool.Name()), zap.Error(err))
+				case err != nil:
+					// fx runs no OnStop for a hook whose OnStart failed.
+					undoAll()
+					return err
+				default:
+					unregister = append(unregister, undo)
 				}
-				unregister = nil
-				return err
-			default:
-				unregister = append(unregister, undo)
 			}
 			return nil
 		},
 		OnStop: func(context.Context) error {
-			for _, undo := range unregister {
-				undo()
-			}
-			unregister = nil
+			undoAll()
 			return nil
 		},
 	})
+}
+
+// instancePools returns the pools of instances and extra, each once,
+// ordered by instance name (the default instance first), so that when two
+// collide the one exported and the one warned about do not vary from run
+// to run: fx does not promise the order of a value group.
+func instancePools(instances []sprocketspg.Instance, extra *sprocketspg.Pool) []*sprocketspg.Pool {
+	sorted := slices.Clone(instances)
+	slices.SortStableFunc(sorted, func(a, b sprocketspg.Instance) int { return strings.Compare(a.Name, b.Name) })
+	pools := make([]*sprocketspg.Pool, 0, len(sorted)+1)
+	for _, in := range sorted {
+		if in.Pool != nil && !slices.Contains(pools, in.Pool) {
+			pools = append(pools, in.Pool)
+		}
+	}
+	if extra != nil && !slices.Contains(pools, extra) {
+		pools = append(pools, extra)
+	}
+	return pools
 }

@@ -12,6 +12,14 @@ import (
 // QueryDurationName is the name of the histogram a QueryObserver exports.
 const QueryDurationName = "sprocketspg_query_duration_seconds"
 
+// PoolLabel is the label that names the instance (sprocketspg.Named,
+// sprocketspg.WithName) a series belongs to, on the histogram and on the
+// pool statistics. The default instance's value is "", which Prometheus
+// stores as no label at all: an application with one database keeps the
+// series it had before instances had names, and its dashboards keep
+// working. A label of that name given with WithConstLabels replaces it.
+const PoolLabel = "pool"
+
 // Label values a QueryObserver uses besides the names and operations it
 // is given.
 const (
@@ -34,14 +42,24 @@ var _ interface {
 
 // A QueryObserver is a sprocketspg.Observer that records the duration of
 // every Execute, Callproc and Transaction in the histogram
-// sprocketspg_query_duration_seconds{operation, metric_name, outcome}. It
-// is also the prometheus.Collector of that histogram. One QueryObserver
-// may observe several pools. Use NewQueryObserver to make one.
+// sprocketspg_query_duration_seconds{operation, metric_name, outcome,
+// pool}. It is also the prometheus.Collector of that histogram.
+//
+// One QueryObserver may observe several pools, as Module's observes every
+// instance of the application: the pool label (PoolLabel) tells them
+// apart by QueryEvent.Instance. It is safe for concurrent use, which that
+// needs, since each pool delivers its events from a goroutine of its own.
+// Use NewQueryObserver to make one.
 type QueryObserver struct {
 	// vec is swapped for an identical histogram already registered when
 	// Register finds one, so observations reach the registry either way.
+	// The registry takes one only with the same label names, so byPool
+	// holds for it too.
 	vec   atomic.Pointer[prometheus.HistogramVec]
 	names *metricname.Limiter
+	// byPool is whether the histogram has the pool label; it has not when
+	// WithConstLabels fixed the label's value.
+	byPool bool
 }
 
 // NewQueryObserver returns a QueryObserver configured by opts. Hand it to
@@ -49,26 +67,43 @@ type QueryObserver struct {
 // sprocketspg.ObserversGroup) and register it with Register.
 func NewQueryObserver(opts ...Option) *QueryObserver {
 	o := newOptions(opts)
+	labels := []string{"operation", "metric_name", "outcome"}
+	// A constant and a variable label of one name would make an invalid
+	// descriptor; the caller's constant wins, as it did before the label
+	// existed.
+	_, fixed := o.constLabels[PoolLabel]
+	if !fixed {
+		labels = append(labels, PoolLabel)
+	}
 	vec := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:        QueryDurationName,
 		Help:        "Duration of sprocketspg Execute, Callproc and Transaction calls, retries included.",
 		Buckets:     o.buckets,
 		ConstLabels: o.constLabels,
-	}, []string{"operation", "metric_name", "outcome"})
-	q := &QueryObserver{names: metricname.NewLimiter(o.maxMetricNames, UnnamedMetric, OtherMetric)}
+	}, labels)
+	q := &QueryObserver{
+		names:  metricname.NewLimiter(o.maxMetricNames, UnnamedMetric, OtherMetric),
+		byPool: !fixed,
+	}
 	q.vec.Store(vec)
 	return q
 }
 
-// ObserveQuery records ev's duration under its operation, metric name and
-// outcome.
+// ObserveQuery records ev's duration under its operation, metric name,
+// outcome and instance. The instances of an application are fixed when it
+// starts, so the pool label's values stay as few as they are.
 func (q *QueryObserver) ObserveQuery(ev sprocketspg.QueryEvent) {
 	outcome := OutcomeOK
 	if ev.Err != nil {
 		outcome = OutcomeError
 	}
-	q.vec.Load().WithLabelValues(string(ev.Operation), q.names.Label(ev.MetricName), outcome).
-		Observe(ev.Duration.Seconds())
+	op, name := string(ev.Operation), q.names.Label(ev.MetricName)
+	vec := q.vec.Load()
+	if q.byPool {
+		vec.WithLabelValues(op, name, outcome, ev.Instance).Observe(ev.Duration.Seconds())
+		return
+	}
+	vec.WithLabelValues(op, name, outcome).Observe(ev.Duration.Seconds())
 }
 
 // Describe implements prometheus.Collector.

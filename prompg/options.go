@@ -46,12 +46,19 @@ func WithBuckets(bounds ...float64) Option {
 	})
 }
 
-// WithConstLabels adds labels with fixed values to every metric. A
-// process that exports several pools to one registry must give each the
-// same label names with values of its own (for example {"pool":
-// "orders"} and {"pool": "billing"}): Prometheus accepts neither two
-// collectors with the same metrics and label values nor one metric name
-// with different label names.
+// WithConstLabels adds labels with fixed values to every metric, such as
+// {"service": "widgets"} for applications that share a registry.
+// Prometheus accepts neither two collectors with the same metrics and
+// label values nor one metric name with different label names, so give
+// every collector of a registry the same label names.
+//
+// The pool label (PoolLabel) already tells the instances of an
+// application apart. A pool label given here replaces it: every instance
+// is then reported under that one value, the query durations of all of
+// them in one set of series, and the statistics of only the first pool,
+// as the others' collide with it (ErrPoolCollectorConflict). It suits an
+// application with one pool whose series were labelled pool="<name>"
+// before the label existed.
 func WithConstLabels(labels prometheus.Labels) Option {
 	return optionFunc(func(o *options) {
 		if len(labels) == 0 {

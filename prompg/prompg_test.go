@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"testing"
 	"time"
 
@@ -59,9 +60,21 @@ func families(t *testing.T, reg prometheus.Gatherer) map[string]*dto.MetricFamil
 	return out
 }
 
-// histogramCounts returns the sample count of each series of the query
-// duration histogram, keyed by "operation/metric_name/outcome".
+// histogramCounts returns the sample count of the query duration
+// histogram by "operation/metric_name/outcome", summed over instances.
 func histogramCounts(t *testing.T, reg prometheus.Gatherer) map[string]uint64 {
+	t.Helper()
+	counts := map[string]uint64{}
+	for key, n := range poolHistogramCounts(t, reg) {
+		_, rest, _ := strings.Cut(key, "|")
+		counts[rest] += n
+	}
+	return counts
+}
+
+// poolHistogramCounts returns the sample count of each series of the query
+// duration histogram, keyed by "pool|operation/metric_name/outcome".
+func poolHistogramCounts(t *testing.T, reg prometheus.Gatherer) map[string]uint64 {
 	t.Helper()
 	counts := map[string]uint64{}
 	mf, ok := families(t, reg)[prompg.QueryDurationName]
@@ -69,14 +82,66 @@ func histogramCounts(t *testing.T, reg prometheus.Gatherer) map[string]uint64 {
 		return counts
 	}
 	for _, m := range mf.GetMetric() {
-		labels := map[string]string{}
-		for _, lp := range m.GetLabel() {
-			labels[lp.GetName()] = lp.GetValue()
-		}
-		key := labels["operation"] + "/" + labels["metric_name"] + "/" + labels["outcome"]
+		labels := labelMap(m)
+		key := labels[prompg.PoolLabel] + "|" + labels["operation"] + "/" + labels["metric_name"] + "/" + labels["outcome"]
 		counts[key] = m.GetHistogram().GetSampleCount()
 	}
 	return counts
+}
+
+// labelMap returns m's labels as Prometheus stores them: without those
+// whose value is empty, which it treats as absent.
+func labelMap(m *dto.Metric) map[string]string {
+	labels := map[string]string{}
+	for _, lp := range m.GetLabel() {
+		if lp.GetValue() != "" {
+			labels[lp.GetName()] = lp.GetValue()
+		}
+	}
+	return labels
+}
+
+// gaugesByPool returns the value of each series of the gauge name by its
+// pool label, failing t unless every series has that label (the default
+// instance's with the value "") and no two share a value.
+func gaugesByPool(t *testing.T, reg prometheus.Gatherer, name string) map[string]float64 {
+	t.Helper()
+	out := map[string]float64{}
+	mf, ok := families(t, reg)[name]
+	if !ok {
+		return out
+	}
+	for _, m := range mf.GetMetric() {
+		pool, found := "", false
+		for _, lp := range m.GetLabel() {
+			if lp.GetName() == prompg.PoolLabel {
+				pool, found = lp.GetValue(), true
+			}
+		}
+		require.True(t, found, "%s has the %s label: %v", name, prompg.PoolLabel, m.GetLabel())
+		_, dup := out[pool]
+		require.False(t, dup, "%s has one series per instance", name)
+		out[pool] = m.GetGauge().GetValue()
+	}
+	return out
+}
+
+// ordersInstance adds sprocketspg.Named("orders") to an application, on a
+// database of the test's own and with a pool of at most maxConns
+// connections, and sets *pool to its pool.
+func ordersInstance(t *testing.T, maxConns int, pool **sprocketspg.Pool) fx.Option {
+	t.Helper()
+	url := fxtest_helpers.NewDatabase(t)
+	return fx.Options(
+		sprocketspg.Named("orders"),
+		fx.Decorate(fx.Annotate(func(c sprocketspg.Config) sprocketspg.Config {
+			c.URL = url
+			c.MaxPoolSize = maxConns
+			c.MinPoolSize = 1
+			return c
+		}, fx.ParamTags(`name:"orders"`), fx.ResultTags(`name:"orders"`))),
+		fx.Invoke(fx.Annotate(func(p *sprocketspg.Pool) { *pool = p }, fx.ParamTags(`name:"orders"`))),
+	)
 }
 
 func gaugeValue(t *testing.T, reg prometheus.Gatherer, name string) (float64, bool) {
@@ -161,10 +226,12 @@ func TestModuleServesTextExposition(t *testing.T) {
 
 	for _, want := range []string{
 		"# TYPE sprocketspg_query_duration_seconds histogram",
-		`sprocketspg_query_duration_seconds_count{metric_name="ping",operation="execute",outcome="ok"} 1`,
-		`sprocketspg_query_duration_seconds_bucket{metric_name="ping",operation="execute",outcome="ok",le="+Inf"} 1`,
+		// The default instance's empty pool label, which Prometheus
+		// stores as no label: the series of a one-database application.
+		`sprocketspg_query_duration_seconds_count{metric_name="ping",operation="execute",outcome="ok",pool=""} 1`,
+		`sprocketspg_query_duration_seconds_bucket{metric_name="ping",operation="execute",outcome="ok",pool="",le="+Inf"} 1`,
 		"# TYPE pgxpool_total_conns gauge",
-		"pgxpool_max_conns 4",
+		`pgxpool_max_conns{pool=""} 4`,
 		"pgxpool_idle_conns",
 		"pgxpool_acquire_count",
 	} {
@@ -333,7 +400,8 @@ func TestWithoutFx(t *testing.T) {
 	assert.Contains(t, mf.GetMetric()[0].GetLabel(), &dto.LabelPair{Name: new("service"), Value: new("widgets")})
 	total := families(t, reg)["pgxpool_total_conns"]
 	require.NotNil(t, total)
-	assert.Equal(t, "service", total.GetMetric()[0].GetLabel()[0].GetName())
+	assert.Equal(t, map[string]string{"service": "widgets"}, labelMap(total.GetMetric()[0]),
+		"the labels given, and the default instance's empty pool label")
 }
 
 func TestQueryObserverBoundsMetricNames(t *testing.T) {
@@ -384,6 +452,9 @@ func newPool(t *testing.T, change func(*sprocketspg.Config), opts ...sprocketspg
 func TestModuleOptionsGroup(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	var pool *sprocketspg.Pool
+	// A pool label given by the application replaces the instance's name,
+	// as an application with one pool labelled so before instances had
+	// names expects.
 	fxtest_helpers.NewApp(t, append(appOptions(reg, &pool),
 		fx.Supply(fx.Annotate(prompg.WithConstLabels(prometheus.Labels{"pool": "orders"}),
 			fx.As(new(prompg.Option)), fx.ResultTags(`group:"prompg_options"`))),

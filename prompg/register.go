@@ -9,7 +9,11 @@ import (
 
 // ErrPoolCollectorConflict is matched (errors.Is) by the error Register
 // returns when another pool's PoolCollector with the same labels is
-// already registered. Give each pool its own labels with WithConstLabels.
+// already registered: two pools of one instance name (two applications
+// sharing a registry, say), or pools whose pool label WithConstLabels
+// fixed to one value. Give each instance its own name (sprocketspg.Named,
+// sprocketspg.WithName) or each application its own labels with
+// WithConstLabels.
 var ErrPoolCollectorConflict = errors.New("another pool's statistics are already registered with the same labels")
 
 // Register registers collectors with reg and returns a function that
