@@ -24,7 +24,11 @@
 // own, for tests of failover (stop the primary, Promote the standby) and
 // of reads from a standby. StartPgBouncer puts PgBouncer, in transaction
 // pooling mode, in front of a server, for tests of the pool behind a
-// connection pooler.
+// connection pooler. StartTLSServer starts a server with TLS on, with a CA,
+// a server certificate and a client certificate made in the test, and
+// pg_hba.conf asking every role but the superuser for a client
+// certificate over TLS, for tests of sslmode, certificate checks and
+// certificate rotation.
 //
 // A test binary may call Shutdown from TestMain after m.Run to stop the
 // server and remove its files at once, before checking for leaked

@@ -24,6 +24,9 @@
 // like a local server: as nobody when the caller is root, dying with the
 // caller, in run directories of their own.
 //
+// WithTLS turns TLS on in a local server, and NewCA makes a CA that issues
+// the server and client certificates a test needs, in Go.
+//
 // Files of servers whose owning process died without Close are removed by
 // the next Start.
 package pgserver

@@ -101,6 +101,11 @@ func startLocal(ctx context.Context, cfg *config, binDir string) (_ *localServer
 	if err := l.prepareData(ctx, cfg); err != nil {
 		return nil, err
 	}
+	if cfg.tls != nil {
+		if err := l.installTLS(cfg.tls); err != nil {
+			return nil, err
+		}
+	}
 	if err := l.launchOnFreePort(ctx); err != nil {
 		return nil, err
 	}

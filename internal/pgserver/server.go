@@ -71,6 +71,8 @@ type config struct {
 	// ignoreEnvURL makes Start start a server of its own even when
 	// SPROCKETSPG_TEST_POSTGRES_URL names one.
 	ignoreEnvURL bool
+	// tls turns TLS on in a local server (WithTLS); nil leaves it off.
+	tls *serverTLS
 }
 
 // WithLogf sets a function that receives one line for each step worth
@@ -193,6 +195,15 @@ func Start(ctx context.Context, opts ...Option) (*Server, error) {
 	}
 	for _, r := range ch.skipped {
 		cfg.logf("pgserver: %s", r)
+	}
+	if cfg.tls != nil && ch.kind != BackendLocal {
+		how := fmt.Sprintf("install PostgreSQL's server binaries (e.g. apt-get install postgresql) "+
+			"or set %s to the directory holding initdb and postgres", EnvBinDir)
+		if ch.kind == BackendURL {
+			how = "pass WithOwnServer, since the server of " + EnvURL + " is used as it is"
+		}
+		return nil, fmt.Errorf("start a PostgreSQL server with TLS: only a server started from local "+
+			"binaries can be given certificates, and the %s backend was chosen: %s", ch.kind, how)
 	}
 	var b backend
 	switch ch.kind {

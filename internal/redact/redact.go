@@ -25,10 +25,13 @@ var secretKeys = map[string]bool{
 // kvSecret matches password=value in a libpq keyword/value string, with the
 // value either single-quoted (backslash escapes allowed) or bare.
 //
+// A quoted value that is never closed runs to the end of the string, as far
+// as any parser could take it.
+//
 // A bare value ends where the next keyword=value pair begins, not at the
 // first space: "password=my secret dbname=db" is refused by pgx, but its
 // error quotes "secret", so the whole of "my secret" counts as the value.
-var kvSecret = regexp.MustCompile(`(?i)\b(password|sslpassword)\s*=\s*('(?:[^'\\]|\\.)*'|[^\s']*(?:\s+[^\s=']+)*)(\s|$)`)
+var kvSecret = regexp.MustCompile(`(?i)\b(password|sslpassword)\s*=\s*('(?:[^'\\]|\\.)*'|'.*|[^\s']*(?:\s+[^\s=']+)*)(\s|$)`)
 
 // urlScheme matches the start of a URL.
 var urlScheme = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9+.-]*://`)
@@ -102,9 +105,13 @@ func Password(s string) string {
 		return ""
 	}
 	v := m[2]
-	if strings.HasPrefix(v, "'") && strings.HasSuffix(v, "'") && len(v) >= 2 {
+	switch {
+	case strings.HasPrefix(v, "'") && strings.HasSuffix(v, "'") && len(v) >= 2:
 		v = strings.ReplaceAll(v[1:len(v)-1], `\'`, `'`)
 		v = strings.ReplaceAll(v, `\\`, `\`)
+	case strings.HasPrefix(v, "'"):
+		// Never closed: the rest of the string.
+		v = v[1:]
 	}
 	return v
 }

@@ -28,6 +28,7 @@ func TestConnString(t *testing.T) {
 		{"//app:0000@://", "//app:xxxxx@://"}, // scheme-relative, then a second "://"
 		{"//x postgres://u:pw@h/db", "//x postgres://u:xxxxx@h/db"},
 		{"host=h password=pw dbname=d", "host=h password=xxxxx dbname=d"},
+		{"host=h password='s3cret", "host=h password=xxxxx"}, // a quote never closed
 		{"host=h password = pw dbname=d", "host=h password=xxxxx dbname=d"},
 		{"host=h password='p w\\'x' dbname=d", "host=h password=xxxxx dbname=d"},
 		{"host=h PASSWORD=pw", "host=h PASSWORD=xxxxx"},
@@ -49,6 +50,7 @@ func TestPassword(t *testing.T) {
 	assert.Equal(t, "p w'x", Password(`host=h password='p w\'x'`))
 	assert.Equal(t, "", Password("host=h"))
 	assert.Equal(t, "0000", Password("//app:0000@://"))
+	assert.Equal(t, "s3cret x", Password("host=h password='s3cret x"))
 	assert.Equal(t, "pw", Password("//x postgres://u:pw@h/db"))
 }
 
