@@ -96,6 +96,53 @@ type Config struct {
 	// answers; the rest of the settings apply to it as they do to URL.
 	// Optional.
 	ReadURL string `env:"POSTGRES_READ_URL"`
+
+	// PasswordFile names a file that holds the password. It is read for
+	// every new connection, so a rotated secret (a Kubernetes or Vault
+	// file) reaches the pool as ConnectionTTL replaces connections, without
+	// a restart. Trailing line breaks are not part of the password. A URL
+	// with a password of its own and a PasswordFile together are refused.
+	PasswordFile string `env:"POSTGRES_PASSWORD_FILE"`
+
+	// SSLMode, SSLRootCert, SSLCert and SSLKey are libpq's sslmode,
+	// sslrootcert, sslcert and sslkey. Set here they win over the URL's, and
+	// a URL that says otherwise is refused. The files are read for every
+	// new connection, so rotated certificates are picked up without a
+	// restart.
+	SSLMode     string `env:"POSTGRES_SSLMODE"`
+	SSLRootCert string `env:"POSTGRES_SSLROOTCERT"`
+	SSLCert     string `env:"POSTGRES_SSLCERT"`
+	SSLKey      string `env:"POSTGRES_SSLKEY"`
+
+	// ApplicationName is the application_name of every connection, which
+	// pg_stat_activity shows. Empty means the URL's application_name, else
+	// $SERVICE, else the executable's name.
+	ApplicationName string `env:"POSTGRES_APPLICATION_NAME"`
+
+	// SearchPath is the search_path of every connection, sent in the
+	// start-up message like QueryTimeout (so it does not pass PgBouncer in
+	// transaction mode either). Empty keeps the server's.
+	SearchPath string `env:"POSTGRES_SEARCH_PATH"`
+
+	// MaxConnIdleTime is how long a connection may sit idle before it is
+	// closed, while more than MinPoolSize are open. 0 keeps pgx's 30m.
+	MaxConnIdleTime time.Duration `env:"POSTGRES_MAX_CONN_IDLE_TIME" envDefault:"30m"`
+
+	// MinIdleConns is how many idle connections the pool keeps ready,
+	// opening more in the background when fewer are idle.
+	MinIdleConns int `env:"POSTGRES_MIN_IDLE_CONNS" envDefault:"0"`
+
+	// HealthCheckPeriod is how often idle connections are checked for age
+	// and idleness and the pool is topped up to MinPoolSize and
+	// MinIdleConns. 0 keeps pgx's 1m. It is kept within ConnectionTTL.
+	HealthCheckPeriod time.Duration `env:"POSTGRES_HEALTH_CHECK_PERIOD" envDefault:"1m"`
+
+	// AcquireTimeout bounds how long Execute, Callproc and Transaction wait
+	// for a free connection; then they fail with an error matching
+	// ErrPoolExhausted, so that a starved pool fails fast instead of
+	// holding every request to its own deadline. 0 waits as long as the
+	// caller's context allows.
+	AcquireTimeout time.Duration `env:"POSTGRES_ACQUIRE_TIMEOUT" envDefault:"0"`
 }
 
 // Environment variable names, for error messages and documentation.
@@ -107,17 +154,28 @@ const (
 	// EnvConnectTimeout is the name sprockets-postgres 1.8.1 reads for
 	// ConnectionTimeout (its documentation says POSTGRES_CONNECTION_TIMEOUT);
 	// LoadConfig accepts either, and both only when they agree.
-	EnvConnectTimeout = "POSTGRES_CONNECT_TIMEOUT"
-	EnvConnectionTTL  = "POSTGRES_CONNECTION_TTL"
-	EnvQueryTimeout   = "POSTGRES_QUERY_TIMEOUT"
-	EnvHStore         = "POSTGRES_HSTORE"
-	EnvJSON           = "POSTGRES_JSON"
-	EnvUUID           = "POSTGRES_UUID"
-	EnvLogQueries     = "POSTGRES_LOG_QUERIES"
-	EnvLogQueryArgs   = "POSTGRES_LOG_QUERY_ARGS"
-	EnvSlowQuery      = "POSTGRES_SLOW_QUERY_THRESHOLD"
-	EnvQueryExecMode  = "POSTGRES_QUERY_EXEC_MODE"
-	EnvReadURL        = "POSTGRES_READ_URL"
+	EnvConnectTimeout    = "POSTGRES_CONNECT_TIMEOUT"
+	EnvConnectionTTL     = "POSTGRES_CONNECTION_TTL"
+	EnvQueryTimeout      = "POSTGRES_QUERY_TIMEOUT"
+	EnvHStore            = "POSTGRES_HSTORE"
+	EnvJSON              = "POSTGRES_JSON"
+	EnvUUID              = "POSTGRES_UUID"
+	EnvLogQueries        = "POSTGRES_LOG_QUERIES"
+	EnvLogQueryArgs      = "POSTGRES_LOG_QUERY_ARGS"
+	EnvSlowQuery         = "POSTGRES_SLOW_QUERY_THRESHOLD"
+	EnvQueryExecMode     = "POSTGRES_QUERY_EXEC_MODE"
+	EnvReadURL           = "POSTGRES_READ_URL"
+	EnvPasswordFile      = "POSTGRES_PASSWORD_FILE"
+	EnvSSLMode           = "POSTGRES_SSLMODE"
+	EnvSSLRootCert       = "POSTGRES_SSLROOTCERT"
+	EnvSSLCert           = "POSTGRES_SSLCERT"
+	EnvSSLKey            = "POSTGRES_SSLKEY"
+	EnvApplicationName   = "POSTGRES_APPLICATION_NAME"
+	EnvSearchPath        = "POSTGRES_SEARCH_PATH"
+	EnvMaxConnIdleTime   = "POSTGRES_MAX_CONN_IDLE_TIME"
+	EnvMinIdleConns      = "POSTGRES_MIN_IDLE_CONNS"
+	EnvHealthCheckPeriod = "POSTGRES_HEALTH_CHECK_PERIOD"
+	EnvAcquireTimeout    = "POSTGRES_ACQUIRE_TIMEOUT"
 )
 
 // ErrInvalidConfig is matched by every error LoadConfig and Validate return
@@ -150,6 +208,23 @@ func (e *ConfigError) Error() string {
 		b.WriteString(e.Err.Error())
 	}
 	return b.String()
+}
+
+// forEachConfigError calls fn with every *ConfigError in err's tree,
+// joined or wrapped.
+func forEachConfigError(err error, fn func(*ConfigError)) {
+	switch e := err.(type) {
+	case nil:
+		return
+	case *ConfigError:
+		fn(e)
+	case interface{ Unwrap() []error }:
+		for _, inner := range e.Unwrap() {
+			forEachConfigError(inner, fn)
+		}
+		return
+	}
+	forEachConfigError(errors.Unwrap(err), fn)
 }
 
 // Unwrap returns the underlying parse error, if any.
@@ -463,6 +538,25 @@ func (c Config) problems(prefix string) []*ConfigError {
 		bad(EnvQueryExecMode, c.QueryExecMode,
 			"want one of cache_statement, cache_describe, describe_exec, exec, simple_protocol")
 	}
+	for _, d := range []struct {
+		variable string
+		value    time.Duration
+	}{
+		{EnvMaxConnIdleTime, c.MaxConnIdleTime},
+		{EnvHealthCheckPeriod, c.HealthCheckPeriod},
+		{EnvAcquireTimeout, c.AcquireTimeout},
+	} {
+		if d.value < 0 {
+			bad(d.variable, d.value.String(), "must not be negative")
+		}
+	}
+	if c.MinIdleConns < 0 {
+		bad(EnvMinIdleConns, strconv.Itoa(c.MinIdleConns), "must not be negative")
+	}
+	if c.MaxPoolSize >= 1 && c.MinIdleConns > c.MaxPoolSize {
+		bad(EnvMinIdleConns, strconv.Itoa(c.MinIdleConns),
+			fmt.Sprintf("must not exceed %s (%d)", EnvMaxPoolSize, c.MaxPoolSize))
+	}
 	if c.QueryTimeout > 0 && c.QueryTimeout < time.Millisecond {
 		bad(EnvQueryTimeout, c.QueryTimeout.String(), "must be at least 1ms (statement_timeout counts milliseconds)")
 	}
@@ -518,10 +612,14 @@ func validateURL(variable, raw string) *ConfigError {
 // String returns the Config with the URL's password masked.
 func (c Config) String() string {
 	return fmt.Sprintf("{URL:%s MaxPoolSize:%d MinPoolSize:%d ConnectionTimeout:%s ConnectionTTL:%s QueryTimeout:%s HStore:%t JSON:%t UUID:%t"+
-		" LogQueries:%t LogQueryArgs:%t SlowQueryThreshold:%s QueryExecMode:%s ReadURL:%s}",
+		" LogQueries:%t LogQueryArgs:%t SlowQueryThreshold:%s QueryExecMode:%s ReadURL:%s"+
+		" PasswordFile:%s SSLMode:%s SSLRootCert:%s SSLCert:%s SSLKey:%s ApplicationName:%s SearchPath:%s"+
+		" MaxConnIdleTime:%s MinIdleConns:%d HealthCheckPeriod:%s AcquireTimeout:%s}",
 		redact.ConnString(c.URL), c.MaxPoolSize, c.MinPoolSize, c.ConnectionTimeout,
 		c.ConnectionTTL, c.QueryTimeout, c.HStore, c.JSON, c.UUID,
-		c.LogQueries, c.LogQueryArgs, c.SlowQueryThreshold, c.QueryExecMode, redact.ConnString(c.ReadURL))
+		c.LogQueries, c.LogQueryArgs, c.SlowQueryThreshold, c.QueryExecMode, redact.ConnString(c.ReadURL),
+		c.PasswordFile, c.SSLMode, c.SSLRootCert, c.SSLCert, c.SSLKey, c.ApplicationName, c.SearchPath,
+		c.MaxConnIdleTime, c.MinIdleConns, c.HealthCheckPeriod, c.AcquireTimeout)
 }
 
 // Format makes every fmt verb print the masked form: %#v as
@@ -551,6 +649,17 @@ func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddDuration("slow_query_threshold", c.SlowQueryThreshold)
 	enc.AddString("query_exec_mode", c.QueryExecMode)
 	enc.AddString("read_url", redact.ConnString(c.ReadURL))
+	enc.AddString("password_file", c.PasswordFile)
+	enc.AddString("sslmode", c.SSLMode)
+	enc.AddString("sslrootcert", c.SSLRootCert)
+	enc.AddString("sslcert", c.SSLCert)
+	enc.AddString("sslkey", c.SSLKey)
+	enc.AddString("application_name", c.ApplicationName)
+	enc.AddString("search_path", c.SearchPath)
+	enc.AddDuration("max_conn_idle_time", c.MaxConnIdleTime)
+	enc.AddInt("min_idle_conns", c.MinIdleConns)
+	enc.AddDuration("health_check_period", c.HealthCheckPeriod)
+	enc.AddDuration("acquire_timeout", c.AcquireTimeout)
 	return nil
 }
 

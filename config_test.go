@@ -34,6 +34,8 @@ func TestLoadConfigDefaults(t *testing.T) {
 		HStore:            false,
 		JSON:              false,
 		UUID:              true,
+		MaxConnIdleTime:   30 * time.Minute,
+		HealthCheckPeriod: time.Minute,
 	}, cfg)
 }
 

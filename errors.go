@@ -2,6 +2,7 @@ package sprocketspg
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -150,4 +151,22 @@ func rejection(err error) *pgconn.PgError {
 		return pgErr
 	}
 	return nil
+}
+
+// permanentSetupError reports whether err is a failure on this side of a
+// connection attempt that the next attempt would meet again: credentials
+// or TLS files that cannot be had, or a server certificate that is not
+// trusted.
+func permanentSetupError(err error) bool {
+	return errors.Is(err, ErrCredentials) || errors.Is(err, ErrTLSFiles) || untrustedServer(err)
+}
+
+// untrustedServer reports whether err is the client's refusal of the
+// server's certificate (an unknown authority, a name it is not for, one
+// expired): what the next attempt would refuse again.
+func untrustedServer(err error) bool {
+	var unknownAuthority x509.UnknownAuthorityError
+	var hostname x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	return errors.As(err, &unknownAuthority) || errors.As(err, &hostname) || errors.As(err, &invalid)
 }

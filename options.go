@@ -20,6 +20,7 @@ type options struct {
 	loggerNamed bool // logger already carries the instance's name
 	resolver    discovery.Resolver
 	observers   []Observer
+	credentials CredentialsFunc
 	tracers     []pgx.QueryTracer
 	// instanceTracers make tracers for the instance's name.
 	instanceTracers []func(instance string) pgx.QueryTracer
@@ -46,11 +47,13 @@ func WithLogger(logger *zap.Logger) Option {
 // order.
 //
 // Hooks that fn sets compose with the pool's own instead of replacing
-// them: BeforeConnect, AfterConnect and BeforeClose run after the pool's
-// (which resolve SRV hosts, register the types Config asks for and track
-// idle connections), ShouldPing is asked when the pool's own check does
-// not ask for a ping, and a ConnConfig.Tracer runs beside the pool's
-// tracers.
+// them (hooks.go): BeforeConnect, AfterConnect and BeforeClose run after
+// the pool's (which resolve SRV hosts, set credentials and TLS from files,
+// register the types Config asks for and track idle connections),
+// ShouldPing is asked when the pool's own check does not ask for a ping,
+// and a ConnConfig.Tracer runs beside the pool's tracers. A
+// ConnConfig.TLSConfig that fn sets is replaced on each connection while
+// Config's SSL settings, or TLS files in the URL, apply.
 func WithPoolConfig(fn func(*pgxpool.Config)) Option {
 	return optionFunc(func(o *options) {
 		if fn != nil {

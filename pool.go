@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -124,11 +126,18 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 		o.logger = o.logger.With(zap.String("instance", o.name))
 		o.loggerNamed = true
 	}
-	parseURL := cfg.URL
+	tls, err := newTLSFiles(cfg, prefix)
+	if err != nil {
+		return nil, err
+	}
+	creds, err := newCredentials(cfg, prefix, o)
+	if err != nil {
+		return nil, err
+	}
+	parseURL := tls.connString(cfg.URL)
 	var hosts *hostSource
 	if discovery.IsSRV(cfg.URL) {
-		var err error
-		if hosts, err = newHostSource(cfg.URL, o); err != nil {
+		if hosts, err = newHostSource(parseURL, o); err != nil {
 			return nil, err
 		}
 		parseURL = hosts.placeholder
@@ -139,52 +148,38 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 			Reason: "cannot be parsed", Err: redact.Error(err, redact.Password(cfg.URL))}
 	}
 	applyConfig(pc, cfg)
-	if hosts != nil {
-		pc.BeforeConnect = hosts.beforeConnect
-	}
+
+	// The gate comes first, so that a refused connection costs no DNS
+	// lookup and no hook of the user's; credentials and TLS come after the
+	// SRV lookup, which sets the hosts they apply to.
 	deadline := newResponseDeadline(cfg)
-	tracers := []pgx.QueryTracer{deadline}
-	if t := queryLogTracer(cfg, o.logger); t != nil {
-		tracers = append(tracers, t)
+	idle := &idleChecks{}
+	own := poolHooks{
+		beforeConnect: []func(context.Context, *pgx.ConnConfig) error{refuseInitialFill},
+		afterConnect:  []func(context.Context, *pgx.Conn) error{pc.AfterConnect, idle.afterConnect},
+		beforeClose:   idle.beforeClose,
+		shouldPing:    idle.shouldPing,
+		tracers:       []pgx.QueryTracer{deadline},
 	}
-	tracers = append(tracers, o.tracers...)
+	if hosts != nil {
+		own.beforeConnect = append(own.beforeConnect, hosts.beforeConnect)
+	}
+	if creds != nil {
+		own.beforeConnect = append(own.beforeConnect, creds.beforeConnect)
+	}
+	if tls != nil {
+		own.beforeConnect = append(own.beforeConnect, tls.beforeConnect)
+	}
+	if t := queryLogTracer(cfg, o.logger); t != nil {
+		own.tracers = append(own.tracers, t)
+	}
+	own.tracers = append(own.tracers, o.tracers...)
 	for _, newTracer := range o.instanceTracers {
 		if t := newTracer(o.name); t != nil {
-			tracers = append(tracers, t)
+			own.tracers = append(own.tracers, t)
 		}
 	}
-	idle := &idleChecks{}
-	pc.AfterConnect = chainConnHooks(pc.AfterConnect, idle.afterConnect)
-	ourAfter, ourBefore := pc.AfterConnect, pc.BeforeConnect
-	ourClose, ourShouldPing := idle.beforeClose, idle.shouldPing
-	for _, fn := range o.poolConfigs {
-		pc.AfterConnect, pc.BeforeConnect, pc.ConnConfig.Tracer = nil, nil, nil
-		pc.BeforeClose, pc.ShouldPing = nil, nil
-		fn(pc)
-		ourAfter = chainConnHooks(ourAfter, pc.AfterConnect)
-		ourBefore = chainConnHooks(ourBefore, pc.BeforeConnect)
-		if pc.ConnConfig.Tracer != nil {
-			tracers = append(tracers, pc.ConnConfig.Tracer)
-		}
-		if theirs := pc.BeforeClose; theirs != nil {
-			prev := ourClose
-			ourClose = func(c *pgx.Conn) {
-				prev(c)
-				theirs(c)
-			}
-		}
-		if theirs := pc.ShouldPing; theirs != nil {
-			prev := ourShouldPing
-			ourShouldPing = func(ctx context.Context, params pgxpool.ShouldPingParams) bool {
-				return prev(ctx, params) || theirs(ctx, params)
-			}
-		}
-	}
-	// The gate comes first, so that a refused connection costs no DNS
-	// lookup and no hook of the user's.
-	pc.AfterConnect, pc.BeforeConnect = ourAfter, chainConnHooks(refuseInitialFill, ourBefore)
-	pc.BeforeClose, pc.ShouldPing = ourClose, ourShouldPing
-	pc.ConnConfig.Tracer = combineTracers(tracers)
+	installHooks(pc, own, o.poolConfigs)
 	target := describeTarget(o.name, pc.ConnConfig)
 	if hosts != nil {
 		target = "SRV " + hosts.name + " " + describeOwner(o.name, pc.ConnConfig)
@@ -212,30 +207,21 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 	return p, nil
 }
 
-// chainConnHooks runs ours, then theirs, so a hook set through
-// WithPoolConfig sees what the pool's own hook did (resolved hosts,
-// registered types) instead of replacing it.
-func chainConnHooks[C any](ours, theirs func(context.Context, C) error) func(context.Context, C) error {
-	switch {
-	case theirs == nil:
-		return ours
-	case ours == nil:
-		return theirs
-	}
-	return func(ctx context.Context, c C) error {
-		if err := ours(ctx, c); err != nil {
-			return err
-		}
-		return theirs(ctx, c)
-	}
-}
-
 // applyConfig copies the Config's settings onto a pgxpool configuration.
 func applyConfig(pc *pgxpool.Config, cfg Config) {
 	pc.MaxConns = int32(cfg.MaxPoolSize)
 	pc.MinConns = int32(cfg.MinPoolSize)
 	pc.MaxConnLifetime = cfg.ConnectionTTL
 	pc.MaxConnLifetimeJitter = cfg.ConnectionTTL / 10
+	pc.MinIdleConns = int32(cfg.MinIdleConns)
+	// Zero keeps pgx's defaults, so that a Config written in code before
+	// these settings existed still works.
+	if cfg.MaxConnIdleTime > 0 {
+		pc.MaxConnIdleTime = cfg.MaxConnIdleTime
+	}
+	if cfg.HealthCheckPeriod > 0 {
+		pc.HealthCheckPeriod = cfg.HealthCheckPeriod
+	}
 	if pc.HealthCheckPeriod > cfg.ConnectionTTL {
 		// Idle connections past their TTL are only found by the health
 		// check; keep its period within the TTL.
@@ -252,6 +238,16 @@ func applyConfig(pc *pgxpool.Config, cfg Config) {
 	// statement_timeout travels in the startup message, so setting it costs
 	// no round trip.
 	pc.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(cfg.QueryTimeout.Milliseconds(), 10)
+	if cfg.SearchPath != "" {
+		pc.ConnConfig.RuntimeParams["search_path"] = cfg.SearchPath
+	}
+	switch {
+	case cfg.ApplicationName != "":
+		pc.ConnConfig.RuntimeParams["application_name"] = cfg.ApplicationName
+	case pc.ConnConfig.RuntimeParams["application_name"] == "":
+		// The URL did not name the application either.
+		pc.ConnConfig.RuntimeParams["application_name"] = defaultApplicationName()
+	}
 
 	// When a caller's context ends mid-query, ask the server to cancel the
 	// query instead of closing the connection: the server stops working
@@ -265,6 +261,19 @@ func applyConfig(pc *pgxpool.Config, cfg Config) {
 	pc.AfterConnect = func(ctx context.Context, conn *pgx.Conn) error {
 		return registerTypes(ctx, conn, cfg)
 	}
+}
+
+// defaultApplicationName is the application_name of a pool whose Config
+// and URL give none: $SERVICE, as the status document reads it, else the
+// executable's name.
+func defaultApplicationName() string {
+	if name := os.Getenv("SERVICE"); name != "" {
+		return name
+	}
+	if len(os.Args) > 0 && os.Args[0] != "" {
+		return filepath.Base(os.Args[0])
+	}
+	return "sprocketspg"
 }
 
 // describeTarget names the server(s), instance, database and user of a
@@ -325,6 +334,9 @@ func (p *Pool) start(ctx context.Context) error {
 		if pgErr := rejection(err); pgErr != nil {
 			return p.scrub(fmt.Errorf("connect to postgres at %s: %w: %w", p.target, ErrConnectionRejected, pgErr))
 		}
+		if permanentSetupError(err) {
+			return p.scrub(fmt.Errorf("connect to postgres at %s: %w", p.target, err))
+		}
 		// When the connection timeout, not the caller, ended the attempts,
 		// the server is what failed, whatever the last attempt returned.
 		if parent.Err() == nil {
@@ -375,7 +387,7 @@ func (p *Pool) connect(ctx context.Context, pool *pgxpool.Pool) error {
 		// A wrong password or a missing database is the same on the
 		// next attempt; waiting out the connection timeout would only
 		// hide the server's answer.
-		if rejection(err) != nil {
+		if rejection(err) != nil || permanentSetupError(err) {
 			return err
 		}
 		// The final attempt usually fails only because ctx ended; the
@@ -604,9 +616,9 @@ func (p *Pool) Execute(ctx context.Context, sql string, args ...any) (QueryResul
 		return QueryResult{}, err
 	}
 	began := time.Now()
-	res, err := runQuery(ctx, pool, sql, args)
+	res, err := p.query(ctx, pool, sql, args)
 	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
-		res, err = runQuery(ctx, pool, sql, args)
+		res, err = p.query(ctx, pool, sql, args)
 	}
 	return res, p.finish(ctx, OperationExecute, "execute", sql, began, res, err)
 }
@@ -632,14 +644,14 @@ func (p *Pool) Callproc(ctx context.Context, name string, args ...any) (QueryRes
 	key := ident.Sanitize()
 	isProc, known := p.routineKind(key)
 	sql := callSQL(ident, len(args), isProc)
-	res, err := runQuery(ctx, pool, sql, args)
+	res, err := p.query(ctx, pool, sql, args)
 	if err != nil && !known && hasCode(err, codeWrongObjectType) {
 		isProc = true
 		sql = callSQL(ident, len(args), true)
-		res, err = runQuery(ctx, pool, sql, args)
+		res, err = p.query(ctx, pool, sql, args)
 	}
 	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
-		res, err = runQuery(ctx, pool, sql, args)
+		res, err = p.query(ctx, pool, sql, args)
 	}
 	if err == nil {
 		p.routineKinds.Store(key, isProc)

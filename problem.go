@@ -45,6 +45,7 @@ const StatusClientClosedRequest = 499
 // Python original's on_postgres_error used:
 //
 //	cannot connect                          503 Database Connection Error
+//	no free connection (ErrPoolExhausted)   503 Database Busy
 //	query timeout                           500 Query Timeout
 //	foreign key violation                   409 Foreign Key Violation
 //	unique violation                        409 Unique Violation
@@ -72,6 +73,10 @@ func ClassifyError(err error) (Problem, bool) {
 		http.StatusServiceUnavailable, "the database could not be reached", "")
 	// A refused connection may carry the server's SQLSTATE (too many
 	// connections, starting up); it is still a failure to connect.
+	if errors.Is(err, ErrPoolExhausted) {
+		return newProblem("pool-exhausted", "Database Busy", http.StatusServiceUnavailable,
+			"every database connection stayed busy for longer than the acquire timeout", ""), true
+	}
 	var connectErr *pgconn.ConnectError
 	if errors.As(err, &connectErr) || errors.Is(err, ErrNotConnected) || errors.Is(err, ErrConnectTimeout) {
 		return connectionError, true

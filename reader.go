@@ -2,8 +2,8 @@ package sprocketspg
 
 import (
 	"context"
-	"errors"
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -38,10 +38,14 @@ func newReplica(cfg Config, o options) (*replica, error) {
 	o.observers = nil // the primary's dispatcher serves both
 	rp, err := newPool(rcfg, optionFunc(func(dst *options) { *dst = o }))
 	if err != nil {
-		var ce *ConfigError
-		if prefix := EnvPrefix(o.name); errors.As(err, &ce) && ce.Variable == prefix+EnvURL {
-			ce.Variable = prefix + EnvReadURL
-		}
+		// The read pool's URL is the read URL: its errors say so.
+		url, readURL := EnvPrefix(o.name)+EnvURL, EnvPrefix(o.name)+EnvReadURL
+		forEachConfigError(err, func(ce *ConfigError) {
+			if ce.Variable == url {
+				ce.Variable = readURL
+			}
+			ce.Reason = strings.ReplaceAll(ce.Reason, url, readURL)
+		})
 		return nil, err
 	}
 	r := &replica{pool: rp, logger: rp.logger, stop: make(chan struct{}), done: make(chan struct{})}

@@ -102,6 +102,7 @@ var readmeImports = []struct{ name, path, use string }{
 	{"http", "net/http", "_ http.Handler"},
 	{"os", "os", "_ = os.Getenv"},
 	{"strings", "strings", "_ = strings.TrimSpace"},
+	{"atomic", "sync/atomic", "_ atomic.Int64"},
 	{"testing", "testing", "_ testing.TB"},
 	{"time", "time", "_ time.Duration"},
 	{"pgx", "github.com/jackc/pgx/v5", "_ pgx.Tx"},

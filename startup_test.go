@@ -22,25 +22,38 @@ import (
 )
 
 // authServer starts a server of the test's own whose pg_hba.conf checks
-// the password of role app, trusts the superuser and role ghost (which
-// does not exist), and has no entry for anyone else. It returns the
-// server and a URL of app with its right password to a database of it.
+// the password of role app (right-Pa55), trusts the superuser and role
+// ghost (which does not exist), and has no entry for anyone else. It
+// returns the server and a URL of app with its right password to a
+// database of it.
 func authServer(t *testing.T) (*fxtest_helpers.TestServer, string) {
+	t.Helper()
+	srv, appURL := passwordServer(t, "right-Pa55", "host all ghost 127.0.0.1/32 trust")
+	u, err := url.Parse(appURL)
+	require.NoError(t, err)
+	u.User = url.UserPassword("app", "right-Pa55")
+	return srv, u.String()
+}
+
+// passwordServer starts a server of the test's own that checks the
+// password of role app, trusts the superuser and allows what more says,
+// and returns the server and a URL of app, without the password, to a
+// database of it.
+func passwordServer(t *testing.T, password string, more ...string) (*fxtest_helpers.TestServer, string) {
 	t.Helper()
 	srv := fxtest_helpers.StartServer(t)
 	dbURL := srv.NewDatabase(t)
 	admin := adminConn(t, srv.AdminURL())
-	_, err := admin.Exec(ctxT(t), "CREATE ROLE app LOGIN PASSWORD 'right-Pa55'")
+	_, err := admin.Exec(ctxT(t), "CREATE ROLE app LOGIN PASSWORD '"+password+"'")
 	require.NoError(t, err)
-	require.NoError(t, srv.SetHBA(ctxT(t),
+	require.NoError(t, srv.SetHBA(ctxT(t), append([]string{
 		"local all all trust",
 		"host all postgres 127.0.0.1/32 trust",
 		"host all app 127.0.0.1/32 scram-sha-256",
-		"host all ghost 127.0.0.1/32 trust",
-	))
+	}, more...)...))
 	u, err := url.Parse(dbURL)
 	require.NoError(t, err)
-	u.User = url.UserPassword("app", "right-Pa55")
+	u.User = url.User("app")
 	return srv, u.String()
 }
 

@@ -52,7 +52,18 @@ func (p *Pool) Transaction(ctx context.Context, fn func(tx *Tx) error, opts ...t
 	all = append(all, opts...)
 	settings := txn.Apply(all...)
 	began := time.Now()
-	err = txn.Run(ctx, pool, func(_ context.Context, tx pgx.Tx) error {
+	var db txn.Beginner = pool
+	if p.cfg.AcquireTimeout > 0 {
+		conn, err := p.acquire(ctx, pool)
+		if err != nil {
+			err = callError(ctx, err)
+			p.observe(ctx, OperationTransaction, settings.MetricName, "", began, 0, err)
+			return p.scrub(err)
+		}
+		defer conn.Release()
+		db = conn
+	}
+	err = txn.Run(ctx, db, func(_ context.Context, tx pgx.Tx) error {
 		// A transaction allowed to run statements longer than
 		// QueryTimeout must also be allowed to wait longer for answers.
 		if settings.Timeout > p.cfg.QueryTimeout {
