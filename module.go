@@ -3,6 +3,7 @@ package sprocketspg
 import (
 	"fmt"
 	"regexp"
+	"slices"
 	"strings"
 
 	"go.uber.org/fx"
@@ -42,6 +43,29 @@ type Instance struct {
 	Name string
 	// Pool is the instance's pool.
 	Pool *Pool
+}
+
+// InstancePools returns the pools of instances, and those of extra that
+// are not among them, each once: the default instance's first, the others
+// by name, then extra's. fx does not promise the order of a value group;
+// a plug-in that serves every instance (metrics, say) does the same from
+// run to run with this order. Nil pools are left out.
+func InstancePools(instances []Instance, extra ...*Pool) []*Pool {
+	sorted := slices.Clone(instances)
+	slices.SortStableFunc(sorted, func(a, b Instance) int { return strings.Compare(a.Name, b.Name) })
+	pools := make([]*Pool, 0, len(sorted)+len(extra))
+	add := func(p *Pool) {
+		if p != nil && !slices.Contains(pools, p) {
+			pools = append(pools, p)
+		}
+	}
+	for _, in := range sorted {
+		add(in.Pool)
+	}
+	for _, p := range extra {
+		add(p)
+	}
+	return pools
 }
 
 // instanceNameRule is the rule of Named, as its errors state it.

@@ -202,24 +202,32 @@ func TestNamedInstanceFailingStartNamesIt(t *testing.T) {
 // Three named instances and the default start and stop together, and
 // leave no goroutine behind.
 func TestManyInstancesStartAndStopCleanly(t *testing.T) {
+	// The databases first: the test server that NewDatabase may start
+	// here runs on after the test, with its goroutine.
+	urls := []string{fxtest_helpers.NewDatabase(t), fxtest_helpers.NewDatabase(t),
+		fxtest_helpers.NewDatabase(t), fxtest_helpers.NewDatabase(t)}
 	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
 	type four struct {
 		fx.In
-		Default *sprocketspg.Pool
-		A       *sprocketspg.Pool `name:"a"`
-		B       *sprocketspg.Pool `name:"b"`
-		C       *sprocketspg.Pool `name:"c"`
+		Default   *sprocketspg.Pool
+		A         *sprocketspg.Pool      `name:"a"`
+		B         *sprocketspg.Pool      `name:"b"`
+		C         *sprocketspg.Pool      `name:"c"`
+		Instances []sprocketspg.Instance `group:"sprocketspg_instances"`
 	}
 	var pools four
 	app := fx.New(fx.NopLogger,
-		sprocketspg.Module, fx.Replace(testConfig(fxtest_helpers.NewDatabase(t))),
-		sprocketspg.Named("a"), namedURL("a", fxtest_helpers.NewDatabase(t)),
-		sprocketspg.Named("b"), namedURL("b", fxtest_helpers.NewDatabase(t)),
-		sprocketspg.Named("c"), namedURL("c", fxtest_helpers.NewDatabase(t)),
+		sprocketspg.Module, fx.Replace(testConfig(urls[0])),
+		sprocketspg.Named("a"), namedURL("a", urls[1]),
+		sprocketspg.Named("b"), namedURL("b", urls[2]),
+		sprocketspg.Named("c"), namedURL("c", urls[3]),
 		fx.Populate(&pools),
 	)
 	require.NoError(t, app.Err())
 	require.NoError(t, app.Start(ctxT(t)))
+	assert.Equal(t, []*sprocketspg.Pool{pools.Default, pools.A, pools.B, pools.C},
+		sprocketspg.InstancePools(pools.Instances, pools.B, nil),
+		"every instance once, the default first, then by name")
 	for _, p := range []*sprocketspg.Pool{pools.Default, pools.A, pools.B, pools.C} {
 		assert.True(t, p.IsConnected(), p.Name())
 		_, err := p.Execute(ctxT(t), "SELECT 1")

@@ -2,8 +2,6 @@ package otelpg
 
 import (
 	"context"
-	"slices"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"go.opentelemetry.io/otel/metric"
@@ -124,7 +122,7 @@ type StatsParams struct {
 // started.
 func RecordStatsHooks(p StatsParams) {
 	o := newOptions(withGraph(nil, p.MeterProvider, p.Options))
-	pools := instancePools(p.Instances, p.Pool)
+	pools := sprocketspg.InstancePools(p.Instances, p.Pool)
 	var stops []func()
 	stopAll := func() {
 		for _, stop := range stops {
@@ -150,25 +148,6 @@ func RecordStatsHooks(p StatsParams) {
 			return nil
 		},
 	})
-}
-
-// instancePools returns the pools of instances and extra, each once,
-// ordered by instance name (the default instance first), so that start
-// does the same from run to run: fx does not promise the order of a value
-// group.
-func instancePools(instances []sprocketspg.Instance, extra *sprocketspg.Pool) []*sprocketspg.Pool {
-	sorted := slices.Clone(instances)
-	slices.SortStableFunc(sorted, func(a, b sprocketspg.Instance) int { return strings.Compare(a.Name, b.Name) })
-	pools := make([]*sprocketspg.Pool, 0, len(sorted)+1)
-	for _, in := range sorted {
-		if in.Pool != nil && !slices.Contains(pools, in.Pool) {
-			pools = append(pools, in.Pool)
-		}
-	}
-	if extra != nil && !slices.Contains(pools, extra) {
-		pools = append(pools, extra)
-	}
-	return pools
 }
 
 // withGraph puts the providers found in the graph before opts, so that

@@ -3,8 +3,6 @@ package prompg
 import (
 	"context"
 	"errors"
-	"slices"
-	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/fx"
@@ -119,7 +117,7 @@ func RegisterHooks(p Params) {
 	if logger == nil {
 		logger = zap.NewNop()
 	}
-	pools := instancePools(p.Instances, p.Pool)
+	pools := sprocketspg.InstancePools(p.Instances, p.Pool)
 	var unregister []func()
 	undoAll := func() {
 		for _, undo := range unregister {
@@ -156,23 +154,4 @@ func RegisterHooks(p Params) {
 			return nil
 		},
 	})
-}
-
-// instancePools returns the pools of instances and extra, each once,
-// ordered by instance name (the default instance first), so that when two
-// collide the one exported and the one warned about do not vary from run
-// to run: fx does not promise the order of a value group.
-func instancePools(instances []sprocketspg.Instance, extra *sprocketspg.Pool) []*sprocketspg.Pool {
-	sorted := slices.Clone(instances)
-	slices.SortStableFunc(sorted, func(a, b sprocketspg.Instance) int { return strings.Compare(a.Name, b.Name) })
-	pools := make([]*sprocketspg.Pool, 0, len(sorted)+1)
-	for _, in := range sorted {
-		if in.Pool != nil && !slices.Contains(pools, in.Pool) {
-			pools = append(pools, in.Pool)
-		}
-	}
-	if extra != nil && !slices.Contains(pools, extra) {
-		pools = append(pools, extra)
-	}
-	return pools
 }
