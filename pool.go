@@ -34,8 +34,9 @@ const statusTimeout = 3 * time.Second
 // Pool is a PostgreSQL connection pool configured from a Config. It embeds
 // *pgxpool.Pool, so every pgx method is available once the pool has
 // started; the embedded pointer is nil before that, and only the methods
-// declared on Pool itself (Execute, Callproc, Status, IsConnected, Close,
-// Shutdown) are safe to call at any time.
+// declared on Pool itself (Execute, Callproc, Transaction, Ping, Status,
+// IsConnected, Reader, Name, Config, Close, Shutdown) are safe to call at
+// any time.
 //
 // A Pool starts once and stops once; it cannot be restarted.
 type Pool struct {
