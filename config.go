@@ -18,6 +18,9 @@ import (
 	"go.uber.org/zap/zapcore"
 
 	"github.com/sprockets/sprocketspg/internal/redact"
+
+	"github.com/sprockets/sprocketspg/instance"
+	"github.com/sprockets/sprocketspg/internal/envconfig"
 )
 
 // Config holds the settings of a Pool. LoadConfig fills it from POSTGRES_*
@@ -179,36 +182,15 @@ const (
 )
 
 // ErrInvalidConfig is matched by every error LoadConfig and Validate return
-// for a bad setting: errors.Is(err, ErrInvalidConfig).
-var ErrInvalidConfig = errors.New("invalid postgres configuration")
+// for a bad setting, and by those of the packages that extend an instance
+// (migrate): errors.Is(err, ErrInvalidConfig).
+var ErrInvalidConfig = instance.ErrInvalidConfig
 
 // ConfigError describes one bad setting. Variable is the environment
 // variable that holds it (also when the value was set in code), Value the
-// offending value with any password masked.
-type ConfigError struct {
-	Variable string
-	Value    string
-	Reason   string
-	Err      error
-}
-
-// Error reports the variable, the value it got and why it was refused.
-func (e *ConfigError) Error() string {
-	var b strings.Builder
-	b.WriteString("invalid ")
-	b.WriteString(e.Variable)
-	if e.Value != "" {
-		b.WriteString(" ")
-		b.WriteString(strconv.Quote(e.Value))
-	}
-	b.WriteString(": ")
-	b.WriteString(e.Reason)
-	if e.Err != nil {
-		b.WriteString(": ")
-		b.WriteString(e.Err.Error())
-	}
-	return b.String()
-}
+// offending value with any password masked. It is instance.ConfigError,
+// which the packages that extend an instance return too.
+type ConfigError = instance.ConfigError
 
 // forEachConfigError calls fn with every *ConfigError in err's tree,
 // joined or wrapped.
@@ -226,12 +208,6 @@ func forEachConfigError(err error, fn func(*ConfigError)) {
 	}
 	forEachConfigError(errors.Unwrap(err), fn)
 }
-
-// Unwrap returns the underlying parse error, if any.
-func (e *ConfigError) Unwrap() error { return e.Err }
-
-// Is reports whether target is ErrInvalidConfig.
-func (e *ConfigError) Is(target error) bool { return target == ErrInvalidConfig }
 
 // LoadConfig reads the POSTGRES_* environment variables into a Config,
 // applying the defaults of the configuration table for unset ones.
@@ -371,7 +347,7 @@ func translateEnvError(err error, opts env.Options) []error {
 		ce := &ConfigError{Variable: variable, Value: raw, Reason: describeType(pe.Type)}
 		var reason *parseReason
 		if errors.As(pe.Err, &reason) {
-			ce.Reason = reason.msg
+			ce.Reason = reason.Msg
 		} else {
 			ce.Err = pe.Err
 		}
@@ -409,33 +385,18 @@ func describeType(t reflect.Type) string {
 }
 
 // parseReason is a parse failure whose message already says what was
-// expected, so it is not followed by strconv's text.
-type parseReason struct{ msg string }
-
-func (r *parseReason) Error() string { return r.msg }
+// wanted.
+type parseReason = envconfig.Reason
 
 // parseSeconds accepts seconds as a number, the way the Python original
 // read its timeouts, or a Go duration string.
-func parseSeconds(v string) (time.Duration, error) {
-	s := strings.TrimSpace(v)
-	if f, err := strconv.ParseFloat(s, 64); err == nil {
-		if math.IsNaN(f) || math.IsInf(f, 0) || math.Abs(f) > math.MaxInt64/float64(time.Second) {
-			return 0, &parseReason{"want seconds (10, 1.5) or a Go duration (1500ms) in range"}
-		}
-		return time.Duration(f * float64(time.Second)), nil
-	}
-	d, err := time.ParseDuration(s)
-	if err != nil {
-		return 0, &parseReason{"want seconds (10, 1.5) or a Go duration (1500ms)"}
-	}
-	return d, nil
-}
+var parseSeconds = envconfig.ParseSeconds
 
 // parseInt accepts a whole number in decimal.
 func parseInt(v string) (int, error) {
 	n, err := strconv.Atoi(strings.TrimSpace(v))
 	if err != nil {
-		return 0, &parseReason{"want a whole number"}
+		return 0, &parseReason{Msg: "want a whole number"}
 	}
 	return n, nil
 }
@@ -448,7 +409,7 @@ func parseBool(v string) (bool, error) {
 	case "n", "no", "f", "false", "off", "0":
 		return false, nil
 	}
-	return false, &parseReason{"want one of y, yes, t, true, on, 1, n, no, f, false, off, 0"}
+	return false, &parseReason{Msg: "want one of y, yes, t, true, on, 1, n, no, f, false, off, 0"}
 }
 
 // urlScheme matches a URL's scheme at the start of a connection string; a

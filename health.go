@@ -152,8 +152,13 @@ func replicaHealth(pool *Pool) health.Database {
 	return poolHealth{pool.replica.pool}
 }
 
-// poolHealth shows a Pool to the health package.
+// poolHealth shows a Pool to the health package, with the health
+// components of its extensions.
 type poolHealth struct{ p *Pool }
+
+var _ health.ComponentSource = poolHealth{}
+
+func (h poolHealth) Components() []health.Component { return h.p.components() }
 
 func (h poolHealth) Ping(ctx context.Context) error { return h.p.Ping(ctx) }
 

@@ -20,7 +20,7 @@ func NewPool(p Params) (Result, error) {
 	if err != nil {
 		return Result{}, err
 	}
-	return Result{Pool: pool, Instance: Instance{Pool: pool}}, nil
+	return Result{Pool: pool, Instance: Instance{Pool: pool}, Handle: pool.Handle()}, nil
 }
 
 // buildPool is NewPool for the instance called name ("" for the default),

@@ -10,6 +10,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sprockets/sprocketspg/discovery"
+	"github.com/sprockets/sprocketspg/instance"
 )
 
 // Module provides a Config loaded from the environment (LoadConfig), a
@@ -88,10 +89,7 @@ func validateInstanceName(name string) error {
 // instance called name: "ORDERS_" for "orders", so that it reads
 // ORDERS_POSTGRES_URL; "" for the default instance.
 func EnvPrefix(name string) string {
-	if name == "" {
-		return ""
-	}
-	return strings.ToUpper(name) + "_"
+	return instance.EnvPrefix(name)
 }
 
 // Named adds a database instance called name to the application, with
@@ -151,19 +149,19 @@ func instanceModule(name string) fx.Option {
 			fx.Annotate(
 				func(cfg Config, lc fx.Lifecycle, logger *zap.Logger, resolver discovery.Resolver,
 					observers []Observer, options []Option, throwaway ThrowawayStarter,
-				) (*Pool, Instance, error) {
+				) (*Pool, Instance, instance.Handle, error) {
 					pool, err := buildPool(name, Params{
 						Config: cfg, Lifecycle: lc, Logger: logger, Resolver: resolver,
 						Observers: observers, Options: options, Throwaway: throwaway,
 					})
 					if err != nil {
-						return nil, Instance{}, err
+						return nil, Instance{}, nil, err
 					}
-					return pool, Instance{Name: name, Pool: pool}, nil
+					return pool, Instance{Name: name, Pool: pool}, pool.Handle(), nil
 				},
 				fx.ParamTags(tag, ``, `optional:"true"`, `optional:"true"`,
 					`group:"`+ObserversGroup+`"`, `group:"`+OptionsGroup+`"`, `optional:"true"`),
-				fx.ResultTags(tag, `group:"`+InstancesGroup+`"`)),
+				fx.ResultTags(tag, `group:"`+InstancesGroup+`"`, `group:"`+instance.HandlesGroup+`"`)),
 			fx.Annotate(provideNamedChecker,
 				fx.ParamTags(tag, ``, `optional:"true"`, `group:"`+HealthOptionsGroup+`"`), fx.ResultTags(tag)),
 		),

@@ -6,6 +6,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sprockets/sprocketspg/discovery"
+	"github.com/sprockets/sprocketspg/instance"
 )
 
 // An Option changes how New and Module build a Pool.
@@ -25,6 +26,7 @@ type options struct {
 	// instanceTracers make tracers for the instance's name.
 	instanceTracers []func(instance string) pgx.QueryTracer
 	poolConfigs     []func(*pgxpool.Config)
+	extensions      []instance.Extension
 }
 
 type optionFunc func(*options)

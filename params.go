@@ -5,6 +5,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sprockets/sprocketspg/discovery"
+	"github.com/sprockets/sprocketspg/instance"
 )
 
 // OptionsGroup is the fx value group whose Options Module applies to the
@@ -45,6 +46,10 @@ type Result struct {
 
 	// Instance is the pool as the default instance, in InstancesGroup.
 	Instance Instance `group:"sprocketspg_instances"`
+
+	// Handle is the pool as the packages that extend it see it, in
+	// instance.HandlesGroup.
+	Handle instance.Handle `group:"sprocketspg_handles"`
 }
 
 // ProvideOptions adds opts to the OptionsGroup value group, so Module

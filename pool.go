@@ -21,6 +21,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/sprockets/sprocketspg/discovery"
+	"github.com/sprockets/sprocketspg/instance"
 	"github.com/sprockets/sprocketspg/internal/redact"
 )
 
@@ -35,8 +36,8 @@ const statusTimeout = 3 * time.Second
 // *pgxpool.Pool, so every pgx method is available once the pool has
 // started; the embedded pointer is nil before that, and only the methods
 // declared on Pool itself (Execute, Callproc, Transaction, Ping, Status,
-// IsConnected, Reader, Name, Config, Close, Shutdown) are safe to call at
-// any time.
+// IsConnected, Reader, Name, Config, Handle, Close, Shutdown) are safe to
+// call at any time.
 //
 // A Pool starts once and stops once; it cannot be restarted.
 type Pool struct {
@@ -71,6 +72,17 @@ type Pool struct {
 	replica *replica
 	// replicaOf is set on a read pool itself.
 	replicaOf *replica
+
+	// opts are the options the pool was made with, for pools of the same
+	// instance to other URLs (Handle.ConnConfig).
+	opts options
+	// extensions, guarded by extMu, extend the instance (WithExtension,
+	// Handle.Attach); startedExts, guarded by mu, counts those whose Start
+	// succeeded.
+	extMu       sync.Mutex
+	extensions  []instance.Extension
+	extSealed   bool // guarded by extMu: set once start or Shutdown begins
+	startedExts int
 }
 
 // Status is a snapshot of the pool's health, shaped like the Python
@@ -193,6 +205,8 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 		target:     target,
 		password:   pc.ConnConfig.Password,
 		deadline:   deadline,
+		opts:       o,
+		extensions: o.extensions,
 	}
 	if len(o.observers) > 0 {
 		p.dispatch = newDispatcher(o.observers, o.logger)
@@ -319,6 +333,7 @@ func (p *Pool) start(ctx context.Context) error {
 		return errors.New("start postgres pool: it was shut down; a Pool cannot be restarted")
 	}
 	p.started = true
+	p.sealExtensions()
 	began := time.Now()
 	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectionTimeout)
@@ -352,10 +367,20 @@ func (p *Pool) start(ctx context.Context) error {
 		}
 		return p.scrub(fmt.Errorf("open %d connections to postgres at %s: %w", p.cfg.MinPoolSize, p.target, err))
 	}
+	// Extensions see the pool from here on; the instance counts as
+	// connected only once they have started.
+	p.pool.Store(pool)
+	if err := p.startExtensions(parent); err != nil {
+		p.pool.Store(nil)
+		pool.Close()
+		return err
+	}
 	if p.replica != nil {
 		if err := p.replica.start(); err != nil {
+			stopErr := p.abandonExtensions(parent)
+			p.pool.Store(nil)
 			pool.Close()
-			return err
+			return errors.Join(err, stopErr)
 		}
 	}
 	if p.dispatch != nil {
@@ -485,13 +510,16 @@ func (p *Pool) Shutdown(ctx context.Context) error {
 	defer p.mu.Unlock()
 	p.connected.Store(false)
 	p.stopped = true
-	// The read pool first, but its failure must not keep this one open.
+	p.sealExtensions()
+	// Extensions first, since they may use the pool while they stop.
+	extErr := p.stopExtensions(ctx)
+	// The read pool next, but its failure must not keep this one open.
 	var replicaErr error
 	if p.replica != nil {
 		replicaErr = p.replica.shutdown(ctx)
 	}
 	err := p.closePool(ctx)
-	return errors.Join(replicaErr, err)
+	return errors.Join(extErr, replicaErr, err)
 }
 
 // closePool closes the pgx pool and then the observers' dispatcher, within

@@ -3,7 +3,6 @@ package sprocketspg
 import (
 	"context"
 	"fmt"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -31,21 +30,11 @@ type replica struct {
 // newReplica prepares the read pool of cfg.ReadURL. It does no I/O.
 func newReplica(cfg Config, o options) (*replica, error) {
 	rcfg := cfg
-	rcfg.URL, rcfg.ReadURL = cfg.ReadURL, ""
 	// The replica's connections open as they are needed, so that an
 	// unreachable replica does not hold up start-up.
 	rcfg.MinPoolSize = 0
-	o.observers = nil // the primary's dispatcher serves both
-	rp, err := newPool(rcfg, optionFunc(func(dst *options) { *dst = o }))
+	rp, err := newPoolForURL(rcfg, o, cfg.ReadURL, EnvPrefix(o.name)+EnvReadURL)
 	if err != nil {
-		// The read pool's URL is the read URL: its errors say so.
-		url, readURL := EnvPrefix(o.name)+EnvURL, EnvPrefix(o.name)+EnvReadURL
-		forEachConfigError(err, func(ce *ConfigError) {
-			if ce.Variable == url {
-				ce.Variable = readURL
-			}
-			ce.Reason = strings.ReplaceAll(ce.Reason, url, readURL)
-		})
 		return nil, err
 	}
 	r := &replica{pool: rp, logger: rp.logger, stop: make(chan struct{}), done: make(chan struct{})}

@@ -68,6 +68,10 @@ type Report struct {
 	// Instances are the own reports of the Checker's other databases
 	// (WithInstance, Combine), sorted by name; nil when there are none.
 	Instances []Report
+	// Components are the reports of the database's Components
+	// (ComponentSource), in the order the database lists them; nil when
+	// it has none. Their verdicts are part of the database's own Status.
+	Components []ComponentReport
 
 	// own is the main database's own verdict, which Status, Available and
 	// Error replace with the overall one; it is set only when they differ
@@ -374,6 +378,7 @@ func (c *Checker) runOne(ctx context.Context, d database) Report {
 	if d.replica == nil {
 		r := c.probe(ctx, d.db, d.timeout)
 		r.Name = d.name
+		checkComponents(ctx, d.db, d.timeout, &r)
 		return r
 	}
 	var rr Report
@@ -390,6 +395,7 @@ func (c *Checker) runOne(ctx context.Context, d database) Report {
 		r.Status = StatusWarn
 		r.Error = "read replica: " + rr.Error
 	}
+	checkComponents(ctx, d.db, d.timeout, &r)
 	return r
 }
 

@@ -90,7 +90,8 @@ func (c *Checker) LivenessHandler() http.Handler {
 // for each database the checks "postgres:connections" (open connections)
 // and "postgres:responseTime" (ping latency in milliseconds), named
 // "postgres-<name>:..." for a named database and "...-replica:..." for a
-// replica. A response time is left out when the pool was saturated, as no
+// replica, and a check for each of the database's Components, such as
+// "postgres:schemaVersion". A response time is left out when the pool was saturated, as no
 // ping was made. Each check has its database's own status; the overall
 // one is fail only when a database that is not optional fails, and the
 // output then names it. While the gate is closed the document has status
@@ -119,6 +120,17 @@ func readinessDocument(r Report) healthDocument {
 		addChecks(checks, name+checkConnections, name+checkResponseTime, db)
 		if db.Replica != nil {
 			addChecks(checks, name+replicaSuffix+checkConnections, name+replicaSuffix+checkResponseTime, *db.Replica)
+		}
+		at := db.Time.UTC().Format(time.RFC3339)
+		for _, cr := range db.Components {
+			checks[name+":"+cr.Name] = []healthResult{{
+				ComponentType: componentType,
+				ObservedValue: cr.ObservedValue,
+				ObservedUnit:  cr.ObservedUnit,
+				Status:        cr.Status,
+				Time:          at,
+				Output:        cr.Output,
+			}}
 		}
 	}
 	return healthDocument{Status: r.Status, Output: r.Error, Checks: checks}
