@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net/url"
 	"os"
 	"strconv"
@@ -17,8 +18,10 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/stdlib"
 
 	"github.com/sprockets/sprocketspg/internal/redact"
+	"github.com/sprockets/sprocketspg/migrate"
 )
 
 // dbTimeout bounds each database operation of the helpers.
@@ -31,8 +34,17 @@ const maxIdentLen = 63
 type DatabaseOption func(*dbOptions)
 
 type dbOptions struct {
-	schema    string
-	hasSchema bool
+	// fill builds the template's content; nil for an empty database.
+	fill *templateFill
+}
+
+// templateFill is how a template database is filled: key names the
+// template (a hash of everything that decides its content), build fills
+// the database at url, and err is an error of the option itself.
+type templateFill struct {
+	key   []byte
+	build func(ctx context.Context, url string) error
+	err   error
 }
 
 // WithSchema fills the database with sql, any number of statements run as
@@ -43,9 +55,85 @@ type dbOptions struct {
 // a hash of sql, so state it reads from elsewhere is not part of the key.
 func WithSchema(sql string) DatabaseOption {
 	return func(o *dbOptions) {
-		o.schema = sql
-		o.hasSchema = true
+		o.fill = &templateFill{
+			key: []byte(sql),
+			build: func(ctx context.Context, url string) error {
+				if err := applySchema(ctx, url, sql); err != nil {
+					return fmt.Errorf("apply schema: %w", err)
+				}
+				return nil
+			},
+		}
 	}
+}
+
+// WithMigrations fills the database with the goose migrations in fsys, as
+// migrate.Migrations applies them to a service's database: the test's
+// database has the schema and version table the service would find. They
+// are applied once per distinct set of files, into a template database
+// named by a hash of the files' names and contents, so each later test
+// gets its database in the time of a copy. Migrations written in Go are
+// not part of the hash and are not applied.
+func WithMigrations(fsys fs.FS) DatabaseOption {
+	return func(o *dbOptions) {
+		key, err := migrationsKey(fsys)
+		if err == nil {
+			// Bad migrations fail here, before any template is made.
+			if _, err = migrate.New(fsys); err != nil {
+				err = fmt.Errorf("WithMigrations: %w", err)
+			}
+		}
+		o.fill = &templateFill{key: key, err: err, build: func(ctx context.Context, url string) error {
+			if err := applyMigrations(ctx, url, fsys); err != nil {
+				return fmt.Errorf("apply migrations: %w", err)
+			}
+			return nil
+		}}
+	}
+}
+
+// migrationsKey hashes the name and content of every file in fsys.
+func migrationsKey(fsys fs.FS) ([]byte, error) {
+	if fsys == nil {
+		return nil, errors.New("WithMigrations: nil fs.FS")
+	}
+	h := sha256.New()
+	h.Write([]byte("goose migrations\x00"))
+	err := fs.WalkDir(fsys, ".", func(name string, d fs.DirEntry, err error) error {
+		if err != nil || d.IsDir() {
+			return err
+		}
+		b, err := fs.ReadFile(fsys, name)
+		if err != nil {
+			return err
+		}
+		fmt.Fprintf(h, "%s\x00%d\x00", name, len(b))
+		h.Write(b)
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("WithMigrations: read migrations: %w", err)
+	}
+	return h.Sum(nil), nil
+}
+
+// applyMigrations applies the migrations in fsys to the database at url.
+func applyMigrations(ctx context.Context, url string, fsys fs.FS) error {
+	m, err := migrate.New(fsys)
+	if err != nil {
+		return err
+	}
+	cc, err := pgx.ParseConfig(url)
+	if err != nil {
+		return redact.Error(fmt.Errorf("parse %s: %w", redact.ConnString(url), err), redact.Password(url))
+	}
+	db := stdlib.OpenDB(*cc)
+	_, err = m.Apply(ctx, db)
+	// Every session must be gone before the database becomes a template.
+	if cerr := db.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("close: %w", cerr)
+	}
+	return err
 }
 
 // NewDatabase creates a database for tb alone on the test binary's server
@@ -75,9 +163,12 @@ func (s *sharedServer) newDatabase(tb testing.TB, opts ...DatabaseOption) string
 	// someone is using it, and it is as fast to copy as an empty template
 	// of our own.
 	tmpl := "template0"
-	if o.hasSchema {
+	if o.fill != nil {
+		if o.fill.err != nil {
+			tb.Fatalf("fxtest_helpers: %v", o.fill.err)
+		}
 		var err error
-		if tmpl, err = s.template(ctx, srv, o.schema); err != nil {
+		if tmpl, err = s.template(ctx, srv, o.fill); err != nil {
 			tb.Fatalf("fxtest_helpers: %v", err)
 		}
 	}
@@ -206,12 +297,12 @@ type template struct {
 	built bool
 }
 
-// template returns the name of the template database holding schema,
+// template returns the name of the template database that fill fills,
 // building it if this process has not yet. A failed build is retried by
 // the next caller, so a server outage during one test does not fail the
 // rest.
-func (s *sharedServer) template(ctx context.Context, srv server, schema string) (string, error) {
-	name, lockKey := templateName(schema)
+func (s *sharedServer) template(ctx context.Context, srv server, fill *templateFill) (string, error) {
+	name, lockKey := templateName(fill.key)
 	v, _ := s.templates.LoadOrStore(name, &template{})
 	t := v.(*template)
 	t.mu.Lock()
@@ -219,17 +310,17 @@ func (s *sharedServer) template(ctx context.Context, srv server, schema string) 
 	if t.built {
 		return name, nil
 	}
-	if err := s.buildTemplate(ctx, srv, name, schema, lockKey); err != nil {
+	if err := s.buildTemplate(ctx, srv, name, fill.build, lockKey); err != nil {
 		return "", err
 	}
 	t.built = true
 	return name, nil
 }
 
-// templateName names the template of schema, tmpl_ and 16 hex digits of
+// templateName names the template of key, tmpl_ and 16 hex digits of
 // its SHA-256, and returns the same bits as the key of its advisory lock.
-func templateName(schema string) (string, int64) {
-	sum := sha256.Sum256([]byte(schema))
+func templateName(key []byte) (string, int64) {
+	sum := sha256.Sum256(key)
 	return "tmpl_" + hex.EncodeToString(sum[:8]), int64(binary.BigEndian.Uint64(sum[:8]))
 }
 
@@ -240,7 +331,7 @@ func templateName(schema string) (string, int64) {
 // builder releases it. A template is complete once marked IS_TEMPLATE,
 // which happens last; an unmarked one was left by a builder that died and
 // is rebuilt.
-func (s *sharedServer) buildTemplate(ctx context.Context, srv server, name, schema string, lockKey int64) (err error) {
+func (s *sharedServer) buildTemplate(ctx context.Context, srv server, name string, build func(context.Context, string) error, lockKey int64) (err error) {
 	conn, err := pgx.Connect(ctx, srv.URL())
 	if err != nil {
 		return redact.Error(fmt.Errorf("build template %s: connect to %s: %w", name, redact.ConnString(srv.URL()), err), redact.Password(srv.URL()))
@@ -277,8 +368,8 @@ func (s *sharedServer) buildTemplate(ctx context.Context, srv server, name, sche
 	if err != nil {
 		return err
 	}
-	if err := applySchema(ctx, tmplURL, schema); err != nil {
-		return fmt.Errorf("build template %s: apply schema: %w", name, err)
+	if err := build(ctx, tmplURL); err != nil {
+		return fmt.Errorf("build template %s: %w", name, err)
 	}
 	// Connections are refused from now on: a session left on a template
 	// makes every clone of it fail.
@@ -288,6 +379,7 @@ func (s *sharedServer) buildTemplate(ctx context.Context, srv server, name, sche
 	return nil
 }
 
+// applySchema runs schema on the database at dbURL.
 func applySchema(ctx context.Context, dbURL, schema string) error {
 	conn, err := pgx.Connect(ctx, dbURL)
 	if err != nil {

@@ -96,7 +96,7 @@ func TestWithSchemaBuildsTemplateOnce(t *testing.T) {
 	// A random value proves the schema ran once: every clone holds the
 	// same row only if they all copy one template.
 	schema := "CREATE TABLE seeded (id uuid NOT NULL); INSERT INTO seeded VALUES (gen_random_uuid()); -- TestWithSchemaBuildsTemplateOnce"
-	tmpl, _ := templateName(schema)
+	tmpl, _ := templateName([]byte(schema))
 
 	const clones = 6
 	urls := make([]string, clones)
@@ -139,7 +139,7 @@ func TestWithSchemaRebuildsIncompleteTemplate(t *testing.T) {
 	// The test meddles with the template without the builders' lock, so
 	// the template is its own even when test binaries share a server.
 	schema := fmt.Sprintf("CREATE TABLE complete (v int); -- TestWithSchemaRebuildsIncompleteTemplate %d", os.Getpid())
-	tmpl, _ := templateName(schema)
+	tmpl, _ := templateName([]byte(schema))
 	ctx := ctxT(t)
 	admin := connect(t, Server(t).AdminURL())
 	ident := pgx.Identifier{tmpl}.Sanitize()
@@ -173,7 +173,7 @@ func TestWithSchemaErrorFailsTest(t *testing.T) {
 	require.Len(t, f.fatals, 1)
 	assert.Contains(t, f.fatals[0], "apply schema")
 	assert.Contains(t, f.fatals[0], "syntax error")
-	tmpl, _ := templateName(schema)
+	tmpl, _ := templateName([]byte(schema))
 	exists, _ := databaseExists(t, tmpl)
 	assert.False(t, exists, "half-built template left behind")
 }
