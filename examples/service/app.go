@@ -2,9 +2,10 @@ package main
 
 import (
 	"context"
-	_ "embed"
+	"embed"
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/http"
 	"strconv"
@@ -15,17 +16,28 @@ import (
 
 	"github.com/sprockets/sprocketspg"
 	"github.com/sprockets/sprocketspg/health"
+	"github.com/sprockets/sprocketspg/migrate"
 )
 
-// schemaSQL creates the service's tables; see applySchema.
+// migrationFiles holds the service's schema migrations, which
+// migrate.Migrations applies at start.
 //
-//go:embed schema.sql
-var schemaSQL string
+//go:embed migrations/*.sql
+var migrationFiles embed.FS
+
+// migrations are migrationFiles's migrations folder, as goose reads it.
+var migrations = func() fs.FS {
+	sub, err := fs.Sub(migrationFiles, "migrations")
+	if err != nil {
+		panic(err) // the folder is embedded above
+	}
+	return sub
+}()
 
 // defaultApplication names the service in /status when $SERVICE is unset.
 const defaultApplication = "sprocketspg-example-service"
 
-// appOptions wires the service: the database module, the schema, the
+// appOptions wires the service: the database module, its migrations, the
 // routes and the HTTP server. url is the server to use, application the
 // name /status reports ("" for the default).
 func appOptions(logger *zap.Logger, url string, s settings, application string) fx.Option {
@@ -49,52 +61,14 @@ func appOptions(logger *zap.Logger, url string, s settings, application string) 
 			health.WithApplication(application),
 			health.WithDrainDelay(s.shutdownDelay),
 		),
+		// Applied in the pool's start, before readiness opens and before
+		// the server's hook listens: the schema exists before the first
+		// request can arrive. Instances started together apply them once.
+		migrate.Migrations(migrations),
 		metricsModule,
-		// Invoked in this order, so their start hooks run in this order
-		// after the pool's: the schema exists before the first request
-		// can arrive.
-		fx.Invoke(applySchema),
 		fx.Provide(newMux),
 		fx.Invoke(serveHTTP),
 	)
-}
-
-// applySchema adds a start hook that creates the tables of schema.sql when
-// public.test is missing. The hook runs after the pool's, which has
-// connected by then.
-func applySchema(lc fx.Lifecycle, db *sprocketspg.Pool, logger *zap.Logger) {
-	lc.Append(fx.StartHook(func(ctx context.Context) error {
-		created := false
-		err := db.Transaction(ctx, func(tx *sprocketspg.Tx) error {
-			// Two instances starting together on an empty database would
-			// both see no table; the lock makes the second wait for the
-			// first and then find the table.
-			if _, err := tx.Exec(ctx, "SELECT pg_advisory_xact_lock(hashtext('sprocketspg example schema'))"); err != nil {
-				return err
-			}
-			res, err := tx.Execute(ctx, "SELECT to_regclass('public.test') IS NOT NULL AS present")
-			if err != nil {
-				return err
-			}
-			if present, _ := res.Row["present"].(bool); present {
-				return nil
-			}
-			// Exec without arguments sends the whole file as one
-			// simple-protocol message, which may hold many statements.
-			if _, err := tx.Exec(ctx, schemaSQL); err != nil {
-				return err
-			}
-			created = true
-			return nil
-		})
-		if err != nil {
-			return fmt.Errorf("apply schema.sql: %w", err)
-		}
-		if created {
-			logger.Info("database was empty: created the tables of schema.sql")
-		}
-		return nil
-	}))
 }
 
 // serveHTTP adds the hooks of the HTTP server. They are appended after the

@@ -46,7 +46,8 @@ func TestServiceEndToEnd(t *testing.T) {
 	})
 
 	base := waitForAddress(t, out, exited, time.Minute)
-	assert.Contains(t, out.String(), "database was empty: created the tables of schema.sql")
+	assert.Contains(t, out.String(), "migration applied")
+	assert.Contains(t, out.String(), "00001_test_tables.sql")
 	assert.NotContains(t, out.String(), "throwaway", "POSTGRES_URL is set; no server of its own")
 	c := newClient(t)
 	get := func(path string) response { return call(t, c, http.MethodGet, base+path, "") }

@@ -13,8 +13,9 @@
 // removes it again on exit, so it works on a machine with nothing
 // configured but PostgreSQL's server binaries installed (or Docker). With
 // POSTGRES_URL set it uses that server; the other POSTGRES_* variables of
-// the configuration table apply as usual. The tables it needs (schema.sql)
-// are created when they are missing.
+// the configuration table apply as usual. The tables it needs are created
+// by its migrations (migrations/*.sql, applied with goose at start; see
+// POSTGRES_MIGRATE and the other variables of package migrate).
 //
 // It listens on 127.0.0.1 only, since it has no authentication, on the port
 // given by -port or $PORT; the default 0 picks a free one. The address is

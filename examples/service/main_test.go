@@ -98,7 +98,8 @@ func TestRunKeepsExistingTables(t *testing.T) {
 		require.NoError(t, <-done)
 		client.CloseIdleConnections()
 		logs := out.String()
-		assert.Equal(t, wantCreated, strings.Contains(logs, "created the tables of schema.sql"), "start %d:\n%s", i+1, logs)
+		assert.Equal(t, wantCreated, strings.Contains(logs, "migration applied"), "start %d:\n%s", i+1, logs)
+		assert.Equal(t, !wantCreated, strings.Contains(logs, "no migrations to apply"), "start %d:\n%s", i+1, logs)
 		assert.NotContains(t, logs, "throwaway")
 	}
 }
