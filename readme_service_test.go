@@ -24,19 +24,71 @@ import (
 // a whole program and drains on stop.
 func readmeService(t *testing.T) string {
 	t.Helper()
+	return readmeProgram(t, "// Command orders serves orders").source
+}
+
+// readmeProgramBlock is a README block that is a whole program, with the
+// files its file directives give it.
+type readmeProgramBlock struct {
+	source string
+	files  []readmeFile
+}
+
+// readmeProgram returns the one README block that is a whole program and
+// starts with the comment head.
+func readmeProgram(t *testing.T, head string) readmeProgramBlock {
+	t.Helper()
 	md, err := os.ReadFile("README.md")
 	require.NoError(t, err)
 	blocks, problems := extractGoBlocks(string(md))
 	require.Empty(t, problems)
-	var found []string
+	var found []readmeProgramBlock
 	for _, b := range blocks {
 		src := strings.Join(b.lines, "\n")
-		if strings.Contains(src, "package main") && strings.Contains(src, "checker.Drain(ctx)") {
-			found = append(found, src)
+		if strings.HasPrefix(src, head) && strings.Contains(src, "package main") {
+			found = append(found, readmeProgramBlock{source: src, files: b.files})
 		}
 	}
-	require.Len(t, found, 1, "README.md must hold one complete service (package main, calling checker.Drain)")
+	require.Len(t, found, 1, "README.md must hold one program whose block starts with %q", head)
 	return found[0]
+}
+
+// buildReadmeProgram builds p as a program and returns the binary's path.
+func buildReadmeProgram(t *testing.T, name string, p readmeProgramBlock) string {
+	t.Helper()
+	root, err := os.Getwd()
+	require.NoError(t, err)
+	bin := filepath.Join(t.TempDir(), name)
+	tmp := t.TempDir()
+	src := filepath.Join(tmp, "main.go")
+	require.NoError(t, os.WriteFile(src, []byte(p.source), 0o644))
+	// The program is built in a directory that exists only in the
+	// overlay, inside the module so that the module's packages resolve.
+	dir := filepath.Join(root, "_readme_overlay", name)
+	overlay := map[string]string{filepath.Join(dir, "main.go"): src}
+	for i, f := range p.files {
+		real := filepath.Join(tmp, "file"+strconv.Itoa(i))
+		require.NoError(t, os.WriteFile(real, []byte(f.content), 0o644))
+		overlay[filepath.Join(dir, filepath.FromSlash(f.path))] = real
+	}
+	flags := goFlags(t, t.TempDir(), overlay)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	_, stderr, err := runGo(ctx, root, append(append([]string{"build"}, flags...), "-o", bin, dir)...)
+	require.NoError(t, err, "build the README's %s: %s", name, stderr)
+	return bin
+}
+
+// readmeEnv is the environment of a README program: the test's, without
+// any POSTGRES_* of the machine, and then extra.
+func readmeEnv(extra ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "POSTGRES_") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, extra...)
 }
 
 // TestREADMEServiceDrains runs the README's complete service as a program,
@@ -44,19 +96,7 @@ func readmeService(t *testing.T) string {
 // SHUTDOWN_DELAY while requests are still served through the pool, then
 // it exits 0.
 func TestREADMEServiceDrains(t *testing.T) {
-	root, err := os.Getwd()
-	require.NoError(t, err)
-	bin := filepath.Join(t.TempDir(), "orders")
-	src := filepath.Join(t.TempDir(), "main.go")
-	require.NoError(t, os.WriteFile(src, []byte(readmeService(t)), 0o644))
-	// The program is built in a directory that exists only in the
-	// overlay, inside the module so that the module's packages resolve.
-	dir := filepath.Join(root, "_readme_overlay", "service")
-	flags := goFlags(t, t.TempDir(), map[string]string{filepath.Join(dir, "main.go"): src})
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	_, stderr, err := runGo(ctx, root, append(append([]string{"build"}, flags...), "-o", bin, dir)...)
-	require.NoError(t, err, "build the README's service: %s", stderr)
+	bin := buildReadmeProgram(t, "service", readmeProgramBlock{source: readmeService(t)})
 
 	dbURL := fxtest_helpers.NewDatabase(t, fxtest_helpers.WithSchema(
 		`CREATE TABLE orders (id bigint PRIMARY KEY, total numeric NOT NULL); INSERT INTO orders VALUES (1, 19.99);`))
@@ -68,12 +108,7 @@ func TestREADMEServiceDrains(t *testing.T) {
 	var logs bytes.Buffer
 	cmd := exec.Command(bin)
 	// Only the settings of this run: none of the machine's POSTGRES_*.
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "POSTGRES_") {
-			cmd.Env = append(cmd.Env, kv)
-		}
-	}
-	cmd.Env = append(cmd.Env, "POSTGRES_URL="+dbURL, "PORT="+port, "SHUTDOWN_DELAY=2")
+	cmd.Env = readmeEnv("POSTGRES_URL="+dbURL, "PORT="+port, "SHUTDOWN_DELAY=2")
 	cmd.Stdout, cmd.Stderr = &logs, &logs
 	require.NoError(t, cmd.Start())
 	exited := make(chan error, 1)

@@ -33,8 +33,14 @@ package sprocketspg_test
 //     results; statements that may not have returned by their end are
 //     taken for the start of the function body, and the harness ends it.
 //     <!-- readme: skip REASON --> compiles nothing: the block's subtest
-//     is skipped, saying REASON. Any other <!-- readme ... --> comment, or
-//     one that is not right before a ```go block, fails the test.
+//     is skipped, saying REASON.
+//
+//   - <!-- readme: file PATH --> right before a fenced block of any
+//     language (```sql) makes that block's text the file PATH, relative
+//     and within, in the package of the next ```go block, so that the
+//     block can embed it (//go:embed) or read it as the reader's program
+//     would. Any other <!-- readme ... --> comment, or one that is not
+//     right before a block it applies to, fails the test.
 //
 // Each block is a subtest named after the line of its opening fence
 // (README.md:153). Messages carry README lines and columns, since the
@@ -322,7 +328,7 @@ func TestReadmeExtractGoBlocks(t *testing.T) {
 		"e()\n"
 	blocks, problems := extractGoBlocks(md)
 	assert.Equal(t, []string{
-		`21: malformed directive "<!-- README skip -->", want <!-- readme: func(...) --> or <!-- readme: skip REASON -->`,
+		`21: malformed directive "<!-- README skip -->", want <!-- readme: func(...) -->, <!-- readme: skip REASON --> or <!-- readme: file PATH -->`,
 		"22: <!-- readme: ... --> comment is not right before a ```go block",
 		"24: ```go block is never closed",
 	}, problems)
@@ -340,11 +346,48 @@ func TestReadmeExtractGoBlocks(t *testing.T) {
 	assert.Equal(t, 13, blocks[2].dir.col)
 }
 
+func TestReadmeFileDirective(t *testing.T) {
+	const md = "<!-- readme: file migrations/00001_a.sql -->\n" + // 1
+		"```sql\n" +
+		"-- +goose Up\n" +
+		"CREATE TABLE a ();\n" +
+		"```\n" +
+		"text\n" +
+		"<!-- readme: file ../escape.sql -->\n" + // 7: outside the package
+		"```sql\n" +
+		"x\n" +
+		"```\n" +
+		"```go\n" + // 11: gets the first file
+		"package main\n" +
+		"```\n" +
+		"<!-- readme: file left.txt -->\n" + // 14: no Go block after it
+		"```\n" +
+		"y\n" +
+		"```\n"
+	blocks, problems := extractGoBlocks(md)
+	assert.Equal(t, []string{
+		`7: file directive "file ../escape.sql": want a clean relative path within the package`,
+		"14: file directive with no ```go block after it",
+	}, problems)
+	require.Len(t, blocks, 1)
+	assert.Equal(t, 11, blocks[0].fence)
+	assert.Equal(t, []readmeFile{{line: 1, path: "migrations/00001_a.sql", content: "-- +goose Up\nCREATE TABLE a ();\n"}}, blocks[0].files)
+}
+
 // readmeBlock is a ```go block of a markdown file.
 type readmeBlock struct {
 	fence int      // line of the opening fence, from 1
 	lines []string // the lines between the fences, as written
 	dir   *readmeDirective
+	files []readmeFile // from file directives before the block
+}
+
+// readmeFile is a block that a file directive makes a file of the next
+// ```go block's package.
+type readmeFile struct {
+	line    int    // of the directive
+	path    string // slash-separated, relative to the package
+	content string
 }
 
 // first returns the markdown line of the block's first line of code.
@@ -366,6 +409,9 @@ type blockReport struct {
 	name     string   // the block's package directory, README_L21
 	source   string   // the generated file, "" when none was compiled
 	real     string   // where source is written
+	// files are the block's other files (file directives), by path
+	// within its package, each with where it is written.
+	files map[string]string
 }
 
 // report fails t with the block's problems, or skips it.
@@ -445,6 +491,13 @@ func checkMarkdown(t *testing.T, path, md string) markdownReport {
 		br.real = filepath.Join(genDir, br.name+".go")
 		require.NoError(t, os.WriteFile(br.real, []byte(src), 0o644))
 		overlay[genPath] = br.real
+		br.files = map[string]string{}
+		for i, f := range b.files {
+			real := filepath.Join(genDir, fmt.Sprintf("%s_file%d", br.name, i))
+			require.NoError(t, os.WriteFile(real, []byte(f.content), 0o644))
+			br.files[filepath.FromSlash(f.path)] = real
+			overlay[filepath.Join(listRoot, br.name, filepath.FromSlash(f.path))] = real
+		}
 		listDirs = append(listDirs, "./"+filepath.ToSlash(filepath.Join(filepath.Base(listRoot), br.name)))
 		byDir[filepath.Dir(genPath)] = br
 	}
@@ -508,6 +561,9 @@ func checkMarkdown(t *testing.T, path, md string) markdownReport {
 		dir := filepath.Join(vetRoot, br.name)
 		require.NoError(t, os.Mkdir(dir, 0o755))
 		overlay[filepath.Join(dir, "readme.go")] = br.real
+		for rel, real := range br.files {
+			overlay[filepath.Join(dir, rel)] = real
+		}
 		rel := filepath.ToSlash(filepath.Join(filepath.Base(vetRoot), br.name))
 		vetDirs = append(vetDirs, "./"+rel)
 		byImport[modPath+"/"+rel] = br
@@ -588,18 +644,26 @@ func extractGoBlocks(md string) ([]readmeBlock, []string) {
 		fence    string       // the open fence, "" outside code blocks
 		cur      *readmeBlock // the open block, when it is Go
 		pending  *readmeDirective
+		file     *readmeFile  // the open block, when a file directive made it a file
+		files    []readmeFile // files for the next ```go block
 	)
 	for i, line := range strings.Split(md, "\n") {
 		n := i + 1
 		line = strings.TrimSuffix(line, "\r")
 		if fence != "" {
-			if closesFence(line, fence) {
+			switch {
+			case closesFence(line, fence):
 				if cur != nil {
 					blocks = append(blocks, *cur)
 				}
-				fence, cur = "", nil
-			} else if cur != nil {
+				if file != nil {
+					files = append(files, *file)
+				}
+				fence, cur, file = "", nil, nil
+			case cur != nil:
 				cur.lines = append(cur.lines, line)
+			case file != nil:
+				file.content += line + "\n"
 			}
 			continue
 		}
@@ -608,9 +672,19 @@ func extractGoBlocks(md string) ([]readmeBlock, []string) {
 		}
 		if m := fenceRE.FindStringSubmatch(line); m != nil {
 			fence = m[1]
-			if lang := strings.ToLower(m[2]); lang == "go" || lang == "golang" {
-				cur = &readmeBlock{fence: n, dir: pending}
+			if pending != nil && strings.HasPrefix(pending.text, "file ") {
+				path := strings.TrimSpace(strings.TrimPrefix(pending.text, "file "))
+				if clean := filepath.ToSlash(filepath.Clean(path)); path == "" || clean != path || filepath.IsAbs(path) || strings.HasPrefix(clean, "../") || clean == ".." {
+					problems = append(problems, fmt.Sprintf("%d: file directive %q: want a clean relative path within the package", pending.line, pending.text))
+				} else {
+					file = &readmeFile{line: pending.line, path: path}
+				}
 				pending = nil
+				continue
+			}
+			if lang := strings.ToLower(m[2]); lang == "go" || lang == "golang" {
+				cur = &readmeBlock{fence: n, dir: pending, files: files}
+				pending, files = nil, nil
 				continue
 			}
 		}
@@ -623,13 +697,16 @@ func extractGoBlocks(md string) ([]readmeBlock, []string) {
 		}
 		m := directiveRE.FindStringSubmatch(line)
 		if m == nil {
-			problems = append(problems, fmt.Sprintf("%d: malformed directive %q, want <!-- readme: func(...) --> or <!-- readme: skip REASON -->", n, line))
+			problems = append(problems, fmt.Sprintf("%d: malformed directive %q, want <!-- readme: func(...) -->, <!-- readme: skip REASON --> or <!-- readme: file PATH -->", n, line))
 			continue
 		}
 		pending = &readmeDirective{line: n, col: strings.Index(line, m[1]) + 1, text: m[1]}
 	}
 	if pending != nil {
 		problems = append(problems, fmt.Sprintf("%d: <!-- readme: ... --> comment is not right before a ```go block", pending.line))
+	}
+	for _, f := range files {
+		problems = append(problems, fmt.Sprintf("%d: file directive with no ```go block after it", f.line))
 	}
 	if cur != nil {
 		problems = append(problems, fmt.Sprintf("%d: ```go block is never closed", cur.fence))
