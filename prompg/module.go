@@ -3,12 +3,15 @@ package prompg
 import (
 	"context"
 	"errors"
+	"slices"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/fx"
 	"go.uber.org/zap"
 
 	"github.com/sprockets/sprocketspg"
+	"github.com/sprockets/sprocketspg/listen"
 )
 
 // OptionsGroup is the fx value group whose Options Module applies to its
@@ -28,6 +31,10 @@ const OptionsGroup = "prompg_options"
 // prometheus.DefaultRegisterer when the graph has none. It unregisters
 // them all when the application stops.
 //
+// With package listen in the application, it also exports each
+// listener's notifications received and dropped, handler errors and
+// reconnects (ListenerCollector), from listen.ListenersGroup.
+//
 // Every series carries the pool label (PoolLabel) naming its instance;
 // the default instance's is "", which Prometheus stores as no label, so
 // its series are the ones an application with one database always had.
@@ -46,6 +53,10 @@ type ObserverParams struct {
 
 	// Options come from the OptionsGroup value group.
 	Options []Option `group:"prompg_options"`
+
+	// Listeners are the application's notification listeners, from
+	// listen.ListenersGroup; each gets a ListenerCollector.
+	Listeners []*listen.Listener `group:"listen_listeners"`
 }
 
 // ObserverResult is what NewObserver provides: the QueryObserver, both as
@@ -93,11 +104,16 @@ type Params struct {
 
 	// Options come from the OptionsGroup value group.
 	Options []Option `group:"prompg_options"`
+
+	// Listeners are the application's notification listeners, from
+	// listen.ListenersGroup; each gets a ListenerCollector.
+	Listeners []*listen.Listener `group:"listen_listeners"`
 }
 
 // RegisterHooks appends the lifecycle hooks of Module: on start, register
-// p.QueryObserver and a PoolCollector of each pool of p.Instances (and of
-// p.Pool); on stop, unregister them. Because it takes the instances, fx
+// p.QueryObserver, a PoolCollector of each pool of p.Instances (and of
+// p.Pool) and a ListenerCollector of each of p.Listeners; on stop,
+// unregister them. Because it takes the instances, fx
 // builds every pool, and appends the pools' own hooks, first: the
 // collectors are registered only after all the pools have connected and
 // unregistered before any of them closes.
@@ -107,7 +123,8 @@ type Params struct {
 // statistics registered with the same labels, as those of the same
 // instance of another application sharing the registry, are not an error
 // but a warning naming the instance, so that the application keeps
-// running; that pool's statistics are then not exported.
+// running; that pool's statistics are then not exported. The same holds
+// for a listener's.
 func RegisterHooks(p Params) {
 	reg := p.Registerer
 	if reg == nil {
@@ -141,6 +158,25 @@ func RegisterHooks(p Params) {
 						zap.String("instance", pool.Name()), zap.Error(err))
 				case err != nil:
 					// fx runs no OnStop for a hook whose OnStart failed.
+					undoAll()
+					return err
+				default:
+					unregister = append(unregister, undo)
+				}
+			}
+			// By instance name, the default first, as the pools: which of
+			// two colliding collectors is exported does not change from run
+			// to run.
+			listeners := slices.Clone(p.Listeners)
+			slices.SortStableFunc(listeners, func(a, b *listen.Listener) int { return strings.Compare(a.Instance(), b.Instance()) })
+			for _, l := range listeners {
+				undo, err := Register(reg, NewListenerCollector(l, p.Options...))
+				switch {
+				case errors.Is(err, ErrPoolCollectorConflict):
+					logger.Warn("postgres listener statistics not exported to prometheus: another listener's with the same labels are registered; "+
+						"give each application sharing the registry its own labels with prompg.WithConstLabels, and set no pool label there",
+						zap.String("instance", l.Instance()), zap.Error(err))
+				case err != nil:
 					undoAll()
 					return err
 				default:

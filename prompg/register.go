@@ -25,9 +25,9 @@ var ErrPoolCollectorConflict = errors.New("another pool's statistics are already
 //   - a QueryObserver whose histogram (same name and labels) is already
 //     registered, by another QueryObserver or as a
 //     *prometheus.HistogramVec, records into that histogram from then on;
-//   - another PoolCollector with the same labels is an error matching
-//     ErrPoolCollectorConflict, since two pools' statistics cannot share
-//     one set of series.
+//   - another PoolCollector (or ListenerCollector) with the same labels
+//     is an error matching ErrPoolCollectorConflict, since two pools'
+//     statistics cannot share one set of series.
 //
 // On any error, Register unregisters what it had registered and returns an
 // error naming the collector; the returned function is then nil.
@@ -54,7 +54,8 @@ func Register(reg prometheus.Registerer, collectors ...prometheus.Collector) (un
 			if alreadyRegistered(c, are.ExistingCollector) {
 				continue
 			}
-			if _, ok := c.(*PoolCollector); ok {
+			switch c.(type) {
+			case *PoolCollector, *ListenerCollector:
 				err = fmt.Errorf("%w: %w", ErrPoolCollectorConflict, err)
 			}
 		}
