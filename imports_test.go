@@ -25,7 +25,7 @@ func TestImportRules(t *testing.T) {
 		return strings.Fields(string(stdout))
 	}
 
-	for _, sub := range []string{"discovery", "txn", "health", "instance", "migrate"} {
+	for _, sub := range []string{"discovery", "txn", "health", "instance", "migrate", "listen"} {
 		assert.NotContains(t, deps(root+"/"+sub), root, "%s must not import the root package", sub)
 	}
 	for _, d := range deps(root) {
