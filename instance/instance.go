@@ -2,6 +2,8 @@ package instance
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -76,4 +78,34 @@ type Extension struct {
 	// instance's check names ("postgres:<name>"), from the moment the
 	// extension is attached.
 	Components []health.Component
+}
+
+// ErrNoInstance is matched by the error of Find for a name that no
+// instance of the application has.
+var ErrNoInstance = errors.New("no such database instance in the application")
+
+// Find returns the Handle among handles (HandlesGroup) of the instance
+// called name, or an error, matching ErrNoInstance, that says which
+// option adds it: sprocketspg.Module for "", sprocketspg.Named(name)
+// otherwise.
+func Find(handles []Handle, name string) (Handle, error) {
+	for _, h := range handles {
+		if h.Name() == name {
+			return h, nil
+		}
+	}
+	if name == "" {
+		return nil, fmt.Errorf("%w: the default instance: add sprocketspg.Module", ErrNoInstance)
+	}
+	return nil, fmt.Errorf("%w: instance %q: add sprocketspg.Named(%q)", ErrNoInstance, name, name)
+}
+
+// Tag returns the fx tag of the values of the instance called name,
+// `name:"<name>"`, and "" for the default instance, whose values have no
+// name.
+func Tag(name string) string {
+	if name == "" {
+		return ""
+	}
+	return `name:"` + name + `"`
 }

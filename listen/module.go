@@ -27,10 +27,9 @@ func Notifications(opts ...Option) fx.Option {
 		opt.apply(&probe)
 	}
 	name := probe.instName
-	tag := ""
+	tag := instance.Tag(name)
 	moduleName := "listen"
 	if name != "" {
-		tag = `name:"` + name + `"`
 		moduleName += "_" + name
 	}
 	return fx.Module(moduleName,
@@ -41,16 +40,11 @@ func Notifications(opts ...Option) fx.Option {
 			},
 			fx.ResultTags(tag, `group:"`+ListenersGroup+`"`))),
 		fx.Invoke(fx.Annotate(func(l *Listener, handles []instance.Handle) error {
-			for _, h := range handles {
-				if h.Name() == name {
-					return h.Attach(l.Extension())
-				}
+			h, err := instance.Find(handles, name)
+			if err != nil {
+				return fmt.Errorf("listen: %w", err)
 			}
-			add := "sprocketspg.Module"
-			if name != "" {
-				add = fmt.Sprintf("sprocketspg.Named(%q)", name)
-			}
-			return fmt.Errorf("listen: no database instance %q in the application to listen on: add %s", name, add)
+			return h.Attach(l.Extension())
 		}, fx.ParamTags(tag, `group:"`+instance.HandlesGroup+`"`))),
 	)
 }

@@ -41,10 +41,9 @@ func Migrations(fsys fs.FS, opts ...Option) fx.Option {
 		opt.apply(&probe)
 	}
 	name := probe.instName
-	tag := ""
+	tag := instance.Tag(name)
 	moduleName := "migrate"
 	if name != "" {
-		tag = `name:"` + name + `"`
 		moduleName += "_" + name
 	}
 	return fx.Module(moduleName,
@@ -70,19 +69,9 @@ func Migrations(fsys fs.FS, opts ...Option) fx.Option {
 // attach gives m to its instance, and shares one onlyRun among all the
 // Migrators of the application.
 func attach(m *Migrator, all []*Migrator, handles []instance.Handle) error {
-	var h instance.Handle
-	for _, candidate := range handles {
-		if candidate.Name() == m.instName {
-			h = candidate
-			break
-		}
-	}
-	if h == nil {
-		add := "sprocketspg.Module"
-		if m.instName != "" {
-			add = fmt.Sprintf("sprocketspg.Named(%q)", m.instName)
-		}
-		return fmt.Errorf("migrate: no %s in the application to migrate: add %s", describeInstance(m.instName), add)
+	h, err := instance.Find(handles, m.instName)
+	if err != nil {
+		return fmt.Errorf("migrate: %w", err)
 	}
 	var run *onlyRun
 	for _, other := range all {
