@@ -15,6 +15,9 @@ var ErrPoolExhausted = errors.New("no postgres connection free within the acquir
 
 // query runs sql on pool, within the acquire timeout when there is one.
 func (p *Pool) query(ctx context.Context, pool *pgxpool.Pool, sql string, args []any) (QueryResult, error) {
+	if d, ok := QueryTimeoutOf(ctx); ok {
+		return p.queryWithTimeout(ctx, pool, sql, args, d)
+	}
 	if p.cfg.AcquireTimeout <= 0 {
 		// pgxpool acquires and releases around the statement itself.
 		return runQuery(ctx, pool, sql, args)

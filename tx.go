@@ -87,7 +87,7 @@ func (p *Pool) Transaction(ctx context.Context, fn func(tx *Tx) error, opts ...t
 // sends a statement twice: a failed statement aborts the transaction.
 func (tx *Tx) Execute(ctx context.Context, sql string, args ...any) (QueryResult, error) {
 	began := time.Now()
-	res, err := runQuery(ctx, tx.Tx, sql, args)
+	res, err := tx.run(ctx, sql, args)
 	return res, tx.pool.finish(ctx, OperationExecute, "execute", sql, began, res, err)
 }
 
@@ -107,6 +107,6 @@ func (tx *Tx) Callproc(ctx context.Context, name string, args ...any) (QueryResu
 		return QueryResult{}, tx.pool.finish(ctx, OperationCallproc, "callproc "+key, "", began, QueryResult{}, err)
 	}
 	sql := callSQL(ident, len(args), isProc)
-	res, err := runQuery(ctx, tx.Tx, sql, args)
+	res, err := tx.run(ctx, sql, args)
 	return res, tx.pool.finish(ctx, OperationCallproc, "callproc "+key, sql, began, res, err)
 }
