@@ -30,6 +30,15 @@ func (p *Pool) query(ctx context.Context, pool *pgxpool.Pool, sql string, args [
 	return runQuery(ctx, conn, sql, args)
 }
 
+// acquireConn takes a connection of pool for a call that needs one of its
+// own (a pipeline): within the acquire timeout when there is one.
+func (p *Pool) acquireConn(ctx context.Context, pool *pgxpool.Pool) (*pgxpool.Conn, error) {
+	if p.cfg.AcquireTimeout > 0 {
+		return p.acquire(ctx, pool)
+	}
+	return pool.Acquire(ctx)
+}
+
 // acquire takes a connection of pool, waiting at most the acquire
 // timeout (or until ctx ends, when that is sooner).
 func (p *Pool) acquire(ctx context.Context, pool *pgxpool.Pool) (*pgxpool.Conn, error) {

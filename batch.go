@@ -213,13 +213,7 @@ func newBatchPlan(ctx context.Context, stmts []Statement, commitEach, inTx bool)
 
 // sendBatch runs plan on a connection of pool.
 func (p *Pool) sendBatch(ctx context.Context, pool *pgxpool.Pool, plan *batchPlan, began time.Time) ([]QueryResult, error) {
-	var conn *pgxpool.Conn
-	var err error
-	if p.cfg.AcquireTimeout > 0 {
-		conn, err = p.acquire(ctx, pool)
-	} else {
-		conn, err = pool.Acquire(ctx)
-	}
+	conn, err := p.acquireConn(ctx, pool)
 	if err != nil {
 		return nil, &BatchError{Index: 0, Len: len(plan.stmts), MetricName: plan.name(ctx, 0), Err: err}
 	}

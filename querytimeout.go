@@ -53,13 +53,7 @@ func QueryTimeoutOf(ctx context.Context) (time.Duration, bool) {
 // queryWithTimeout runs sql on a connection of pool with its own
 // statement_timeout d.
 func (p *Pool) queryWithTimeout(ctx context.Context, pool *pgxpool.Pool, sql string, args []any, d time.Duration) (QueryResult, error) {
-	var conn *pgxpool.Conn
-	var err error
-	if p.cfg.AcquireTimeout > 0 {
-		conn, err = p.acquire(ctx, pool)
-	} else {
-		conn, err = pool.Acquire(ctx)
-	}
+	conn, err := p.acquireConn(ctx, pool)
 	if err != nil {
 		return QueryResult{}, err
 	}
