@@ -247,9 +247,12 @@ func (p *Pool) readBatch(ctx context.Context, br pgx.BatchResults, plan *batchPl
 			results = results[:min(len(results), last)]
 		}
 	}()
-	fail := func(i int, err error) ([]QueryResult, error) {
-		stmtErr := callError(ctx, err)
-		p.observe(ctx, OperationBatchStatement, plan.name(ctx, i), plan.stmts[i].SQL, began, 0, stmtErr)
+	// fail ends the batch at statement i; observed is true when i was
+	// already reported as a success, before its COMMIT failed.
+	fail := func(i int, err error, observed bool) ([]QueryResult, error) {
+		if !observed {
+			p.observe(ctx, OperationBatchStatement, plan.name(ctx, i), plan.stmts[i].SQL, began, 0, callError(ctx, err))
+		}
 		return results, &BatchError{Index: i, Len: len(plan.stmts), MetricName: plan.name(ctx, i), Committed: plan.committed, Err: err}
 	}
 	for i, s := range plan.stmts {
@@ -259,18 +262,18 @@ func (p *Pool) readBatch(ctx context.Context, br pgx.BatchResults, plan *batchPl
 					// The COMMIT of the statement before failed (a
 					// deferred constraint, say): that one is not committed.
 					results = results[:i-1]
-					return fail(i-1, err)
+					return fail(i-1, err, true)
 				}
-				return fail(i, err)
+				return fail(i, err, false)
 			}
 		}
 		rows, err := br.Query()
 		if err != nil {
-			return fail(i, err)
+			return fail(i, err, false)
 		}
 		res, err := collectResult(rows)
 		if err != nil {
-			return fail(i, err)
+			return fail(i, err, false)
 		}
 		results = append(results, res)
 		p.observe(ctx, OperationBatchStatement, plan.name(ctx, i), s.SQL, began, res.RowCount, nil)
@@ -279,7 +282,7 @@ func (p *Pool) readBatch(ctx context.Context, br pgx.BatchResults, plan *batchPl
 		if _, err := br.Exec(); err != nil {
 			i := len(plan.stmts) - 1
 			results = results[:i]
-			return fail(i, err)
+			return fail(i, err, true)
 		}
 	}
 	return results, nil

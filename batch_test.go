@@ -278,3 +278,41 @@ func TestExecuteBatchEveryExecMode(t *testing.T) {
 		})
 	}
 }
+
+// TestExecuteBatchCommitFailure has a statement succeed and its own
+// COMMIT fail (a deferred constraint): that statement is the failed one,
+// nothing of it stays, and the next one does not run.
+func TestExecuteBatchCommitFailure(t *testing.T) {
+	url := fxtest_helpers.NewDatabase(t, fxtest_helpers.WithSchema(batchSchema+`
+		CREATE TABLE parent (id int PRIMARY KEY);
+		CREATE TABLE child (id int REFERENCES parent DEFERRABLE INITIALLY DEFERRED);`))
+	rec := &recorder{}
+	pool := newPoolAt(t, url, nil, sprocketspg.WithObserver(rec))
+	ctx := ctxT(t)
+	results, err := pool.ExecuteBatch(ctx, []sprocketspg.Statement{
+		{SQL: "INSERT INTO kv VALUES ('a', 1)"},
+		{SQL: "INSERT INTO child VALUES (7)", MetricName: "orphan"},
+		{SQL: "INSERT INTO kv VALUES ('c', 3)"},
+	})
+	var be *sprocketspg.BatchError
+	require.ErrorAs(t, err, &be)
+	assert.Equal(t, 1, be.Index, "the statement whose commit failed")
+	assert.Equal(t, "orphan", be.MetricName)
+	var pgErr *pgconn.PgError
+	require.ErrorAs(t, err, &pgErr)
+	assert.Equal(t, "23503", pgErr.Code, "the deferred foreign key, at COMMIT")
+	assert.Len(t, results, 1, "only the first statement's result stands")
+	assert.Equal(t, []any{"a"}, keys(t, ctx, pool))
+	res, err := pool.Execute(ctx, "SELECT count(*) AS n FROM child")
+	require.NoError(t, err)
+	assert.EqualValues(t, 0, res.Row["n"])
+
+	events := rec.waitEvents(t, 4)
+	var statementEvents int
+	for _, ev := range events {
+		if ev.Operation == sprocketspg.OperationBatchStatement {
+			statementEvents++
+		}
+	}
+	assert.Equal(t, 2, statementEvents, "one event per statement that ran, none twice")
+}

@@ -77,14 +77,15 @@ func WithSchema(sql string) DatabaseOption {
 func WithMigrations(fsys fs.FS) DatabaseOption {
 	return func(o *dbOptions) {
 		key, err := migrationsKey(fsys)
+		var m *migrate.Migrator
 		if err == nil {
 			// Bad migrations fail here, before any template is made.
-			if _, err = migrate.New(fsys); err != nil {
+			if m, err = migrate.New(fsys); err != nil {
 				err = fmt.Errorf("WithMigrations: %w", err)
 			}
 		}
 		o.fill = &templateFill{key: key, err: err, build: func(ctx context.Context, url string) error {
-			if err := applyMigrations(ctx, url, fsys); err != nil {
+			if err := applyMigrations(ctx, url, m); err != nil {
 				return fmt.Errorf("apply migrations: %w", err)
 			}
 			return nil
@@ -117,12 +118,8 @@ func migrationsKey(fsys fs.FS) ([]byte, error) {
 	return h.Sum(nil), nil
 }
 
-// applyMigrations applies the migrations in fsys to the database at url.
-func applyMigrations(ctx context.Context, url string, fsys fs.FS) error {
-	m, err := migrate.New(fsys)
-	if err != nil {
-		return err
-	}
+// applyMigrations applies m's migrations to the database at url.
+func applyMigrations(ctx context.Context, url string, m *migrate.Migrator) error {
 	cc, err := pgx.ParseConfig(url)
 	if err != nil {
 		return redact.Error(fmt.Errorf("parse %s: %w", redact.ConnString(url), err), redact.Password(url))

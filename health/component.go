@@ -105,7 +105,7 @@ func runComponent(ctx context.Context, c Component) (cr ComponentReport) {
 	if c.Check == nil {
 		return ComponentReport{Status: StatusFail, Output: "component has no check"}
 	}
-	if c.Name == "" || "postgres:"+c.Name == "postgres"+checkConnections || "postgres:"+c.Name == "postgres"+checkResponseTime {
+	if name := ":" + c.Name; c.Name == "" || name == checkConnections || name == checkResponseTime {
 		return ComponentReport{Status: StatusFail, Output: fmt.Sprintf("component name %q is empty or taken by the database's own checks", c.Name)}
 	}
 	return c.Check(ctx)
