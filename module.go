@@ -80,7 +80,7 @@ var ErrInvalidInstanceName = fmt.Errorf("invalid instance name: want a lower-cas
 
 func validateInstanceName(name string) error {
 	if name != "" && !instanceName.MatchString(name) {
-		return fmt.Errorf("sprocketspg.Named(%q): %w", name, ErrInvalidInstanceName)
+		return fmt.Errorf("instance name %q: %w", name, ErrInvalidInstanceName)
 	}
 	return nil
 }
@@ -121,7 +121,7 @@ func Named(name string) fx.Option {
 		return fx.Error(fmt.Errorf("sprocketspg.Named(\"\"): %w; the default instance is Module", ErrInvalidInstanceName))
 	}
 	if err := validateInstanceName(name); err != nil {
-		return fx.Error(err)
+		return fx.Error(fmt.Errorf("sprocketspg.Named(%q): %w", name, err))
 	}
 	return instanceModule(name)
 }
@@ -139,7 +139,7 @@ func instanceModule(name string) fx.Option {
 			fx.Invoke(func(*Pool) {}),
 		)
 	}
-	tag := `name:"` + name + `"`
+	tag := instance.Tag(name)
 	prefix := EnvPrefix(name)
 	return fx.Module("sprocketspg_"+name,
 		fx.Provide(

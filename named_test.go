@@ -146,8 +146,12 @@ func TestNamedRejectsBadNames(t *testing.T) {
 		t.Setenv(sprocketspg.EnvPrefix(name)+sprocketspg.EnvURL, "postgres://u@127.0.0.1:1/db")
 		assert.NoError(t, fx.New(fx.NopLogger, sprocketspg.Named(name)).Err(), name)
 	}
-	_, err := sprocketspg.New(ctxT(t), testConfig("postgres://u@127.0.0.1:1/db"), sprocketspg.WithName("No"))
+	err := fx.New(fx.NopLogger, sprocketspg.Named("Orders")).Err()
+	assert.Contains(t, err.Error(), `sprocketspg.Named("Orders")`, "the error names the call")
+	_, err = sprocketspg.New(ctxT(t), testConfig("postgres://u@127.0.0.1:1/db"), sprocketspg.WithName("No"))
 	assert.ErrorIs(t, err, sprocketspg.ErrInvalidInstanceName)
+	assert.Contains(t, err.Error(), `sprocketspg.WithName("No")`, "the error names the call made")
+	assert.NotContains(t, err.Error(), "Named", "not one that was not made")
 }
 
 // One observer sees the queries of every instance, each event naming it.

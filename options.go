@@ -1,6 +1,8 @@
 package sprocketspg
 
 import (
+	"fmt"
+
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/zap"
@@ -73,6 +75,9 @@ func WithPoolConfig(fn func(*pgxpool.Config)) Option {
 func WithName(name string) Option {
 	return optionFunc(func(o *options) {
 		o.name, o.nameErr = name, validateInstanceName(name)
+		if o.nameErr != nil {
+			o.nameErr = fmt.Errorf("sprocketspg.WithName(%q): %w", name, o.nameErr)
+		}
 	})
 }
 

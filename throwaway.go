@@ -21,7 +21,7 @@ const throwawayStartTimeout = 2 * time.Minute
 
 // throwawayValidationURL stands in for the missing URL while the rest of
 // the Config is checked, before any server is started.
-const throwawayValidationURL = "postgres://localhost/postgres"
+const throwawayValidationURL = "postgres://localhost/postgres?sslmode=disable"
 
 // ThrowawayStarter starts a throwaway PostgreSQL server and returns its
 // URL and a function that stops it and removes its files. Package
@@ -55,8 +55,11 @@ type ThrowawayStarter func(ctx context.Context) (url string, stop func() error, 
 // start gets a context bounded to two minutes, since fx.New has none.
 // When it fails, fx.New fails with an error that says POSTGRES_URL is
 // unset and why no throwaway server could be started. The rest of the
-// Config is validated first, so a bad setting fails fx.New without a
-// server being started. The server is removed when the application stops,
+// Config is checked first (Validate's rules, and the TLS settings against
+// the server's sslmode=disable), so such a bad setting fails fx.New
+// without a server being started; a conflict with an option, such as
+// POSTGRES_PASSWORD_FILE with WithCredentials, is found only once the
+// server has started. The server is removed when the application stops,
 // after the pool has closed, and when start-up fails; if fx.New fails for
 // another reason after the server has started, it lives until the process
 // exits (a local server dies with the process and the next start removes
@@ -79,6 +82,11 @@ func useThrowaway(name string, c Config, start ThrowawayStarter, lc fx.Lifecycle
 	check := c
 	check.URL = throwawayValidationURL
 	if err := check.validate(EnvPrefix(name)); err != nil {
+		return Config{}, err
+	}
+	// The TLS settings too: the server's URL turns TLS off, which a
+	// POSTGRES_SSLMODE that asks for it contradicts.
+	if _, err := newTLSFiles(check, EnvPrefix(name)); err != nil {
 		return Config{}, err
 	}
 

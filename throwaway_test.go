@@ -194,6 +194,30 @@ func TestThrowawayWhenUnsetChecksConfigFirst(t *testing.T) {
 	assert.Zero(t, calls.Load(), "no server started for a Config that cannot work")
 }
 
+// TestThrowawayWhenUnsetChecksTLSFirst: a POSTGRES_SSLMODE that the
+// server's URL (sslmode=disable) contradicts fails fx.New before a server
+// is started.
+func TestThrowawayWhenUnsetChecksTLSFirst(t *testing.T) {
+	t.Setenv(sprocketspg.EnvURL, "")
+	t.Setenv(sprocketspg.EnvSSLMode, "require")
+	logger, _ := observedLogger(t)
+	var calls atomic.Int32
+	app := fx.New(
+		fx.Supply(logger),
+		fx.NopLogger,
+		sprocketspg.Module,
+		sprocketspg.ThrowawayWhenUnset(func(context.Context) (string, func() error, error) {
+			calls.Add(1)
+			return "", nil, errors.New("not expected")
+		}),
+	)
+	err := app.Err()
+	require.Error(t, err)
+	assert.ErrorIs(t, err, sprocketspg.ErrInvalidConfig)
+	assert.Contains(t, err.Error(), sprocketspg.EnvSSLMode)
+	assert.Zero(t, calls.Load(), "no server started for a Config that cannot work")
+}
+
 // TestThrowawayWhenUnsetStopFailureFailsStop: an error removing the server
 // is reported by Stop, after the pool has closed.
 func TestThrowawayWhenUnsetStopFailureFailsStop(t *testing.T) {

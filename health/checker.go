@@ -129,12 +129,11 @@ type Checker struct {
 	drainDelay time.Duration
 	drainUntil time.Time
 
-	mu         sync.Mutex
-	cached     Report
-	cachedGen  uint64
-	hasCached  bool
-	flight     *flight
-	lastStatus Status
+	mu        sync.Mutex
+	cached    Report
+	cachedGen uint64
+	hasCached bool
+	flight    *flight
 	// lastByDB is each database's last cached status, by index of dbs,
 	// so that changes are logged per database.
 	lastByDB []Status
@@ -324,7 +323,6 @@ func (c *Checker) Check(ctx context.Context) Report {
 		var changes []statusChange
 		if !abandoned && f.gen == c.generation() {
 			c.cached, c.cachedGen, c.hasCached = report, f.gen, true
-			c.lastStatus = report.Status
 			for i, r := range reports {
 				if previous := c.lastByDB[i]; previous != r.Status {
 					changes = append(changes, statusChange{previous: previous, db: c.dbs[i], report: r})

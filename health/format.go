@@ -201,7 +201,9 @@ func (c *Checker) summary() checkerSummary {
 	// c.mu is held only for this read; nothing prints a Checker while
 	// holding it.
 	c.mu.Lock()
-	last := c.lastStatus
+	// The last cached report's, kept across readiness changes, which
+	// only mark it stale.
+	last := c.cached.Status
 	c.mu.Unlock()
 	s := checkerSummary{
 		Application: c.application,
