@@ -281,10 +281,26 @@ func loadConfig(opts env.Options) (Config, error) {
 		}
 		errs = append(errs, ce)
 	}
+	// What pgx and the TLS settings make of the URLs, unless the URLs
+	// themselves were reported: a URL that is wrong once is reported once.
+	if cfg.URL != "" && !reported(errs, prefix+EnvURL) && !reported(errs, prefix+EnvReadURL) {
+		errs = append(errs, cfg.connectionProblems(prefix)...)
+	}
 	if len(errs) > 0 {
 		return Config{}, errors.Join(errs...)
 	}
 	return cfg, nil
+}
+
+// reported says whether errs has a ConfigError for variable.
+func reported(errs []error, variable string) bool {
+	for _, err := range errs {
+		var ce *ConfigError
+		if errors.As(err, &ce) && ce.Variable == variable {
+			return true
+		}
+	}
+	return false
 }
 
 // applyConnectTimeout reads POSTGRES_CONNECT_TIMEOUT, the seed's own name

@@ -207,6 +207,55 @@ func TestLoadConfigReportsParseAndValueErrorsTogether(t *testing.T) {
 	assert.Contains(t, err.Error(), `invalid POSTGRES_QUERY_TIMEOUT "-1": must be greater than zero`)
 }
 
+// What only pgx's parser or the TLS and password rules catch in a URL is
+// reported with the other bad variables, not at start a run later.
+func TestLoadConfigReportsURLProblemsWithTheRest(t *testing.T) {
+	for name, tc := range map[string]struct {
+		env      map[string]string
+		variable string // reported besides POSTGRES_MAX_POOL_SIZE
+		reason   string
+	}{
+		"sslmode": {
+			env:      map[string]string{EnvURL: "postgresql://app:s3cret-Pa55@db/app?sslmode=bogus"},
+			variable: EnvURL, reason: "cannot be parsed",
+		},
+		"port": {
+			env:      map[string]string{EnvURL: "postgresql://app:s3cret-Pa55@db:99999/app"},
+			variable: EnvURL, reason: "cannot be parsed",
+		},
+		"keyword/value": {
+			env:      map[string]string{EnvURL: "host=db port=notaport password=s3cret-Pa55"},
+			variable: EnvURL, reason: "cannot be parsed",
+		},
+		"SSL setting against the URL": {
+			env:      map[string]string{EnvURL: "postgresql://app:s3cret-Pa55@db/app?sslmode=disable", EnvSSLMode: "verify-full"},
+			variable: EnvSSLMode, reason: "says \"disable\"",
+		},
+		"password file beside a URL password": {
+			env:      map[string]string{EnvURL: "postgresql://app:s3cret-Pa55@db/app", EnvPasswordFile: "/run/secrets/pg"},
+			variable: EnvPasswordFile, reason: "holds a password too",
+		},
+		"read URL": {
+			env:      map[string]string{EnvURL: "postgresql://app@db/app", EnvReadURL: "postgresql://app:s3cret-Pa55@replica:99999/app"},
+			variable: EnvReadURL, reason: "cannot be parsed",
+		},
+	} {
+		t.Run(name, func(t *testing.T) {
+			tc.env[EnvMaxPoolSize] = "ten"
+			_, err := loadFrom(t, tc.env)
+			require.Error(t, err)
+			assert.ErrorIs(t, err, ErrInvalidConfig)
+			got := configErrors(t, err)
+			assert.Contains(t, got, EnvMaxPoolSize, "%v", err)
+			if assert.Contains(t, got, tc.variable, "%v", err) {
+				assert.Contains(t, got[tc.variable].Error(), tc.reason)
+			}
+			assert.Len(t, got, 2, "%v", err)
+			assert.NotContains(t, fmt.Sprintf("%v %+v %#v", err, err, err), "s3cret-Pa55")
+		})
+	}
+}
+
 // A value left to its default, or one that code sets later, is not
 // LoadConfig's to refuse: only what the environment set is checked.
 func TestLoadConfigChecksOnlyWhatIsSet(t *testing.T) {

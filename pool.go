@@ -155,10 +155,9 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 		}
 		parseURL = hosts.placeholder
 	}
-	pc, err := pgxpool.ParseConfig(parseURL)
+	pc, err := parsePoolConfig(prefix+EnvURL, cfg.URL, parseURL)
 	if err != nil {
-		return nil, &ConfigError{Variable: prefix + EnvURL, Value: redact.ConnString(cfg.URL),
-			Reason: "cannot be parsed", Err: redact.Error(err, redact.Password(cfg.URL))}
+		return nil, err
 	}
 	applyConfig(pc, cfg)
 
@@ -220,6 +219,68 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 		p.replica = r
 	}
 	return p, nil
+}
+
+// parsePoolConfig is pgx's parse of connString, the connection string
+// newPool makes of raw, the value of variable; its error names variable
+// and never holds the password.
+func parsePoolConfig(variable, raw, connString string) (*pgxpool.Config, error) {
+	pc, err := pgxpool.ParseConfig(connString)
+	if err != nil {
+		return nil, &ConfigError{Variable: variable, Value: redact.ConnString(raw),
+			Reason: "cannot be parsed", Err: redact.Error(err, redact.Password(raw))}
+	}
+	return pc, nil
+}
+
+// connectionProblems reports what newPool would refuse in c's connection
+// settings, without doing any I/O: TLS settings that disagree with the
+// URL, a password file beside a password in the URL, and what pgx makes of
+// the URLs (a bad sslmode, port or option). LoadConfig reports them with
+// every other bad variable, rather than at start, a run later.
+func (c Config) connectionProblems(prefix string) []error {
+	var errs []error
+	if _, err := newCredentials(c, prefix, options{}); err != nil {
+		errs = append(errs, err)
+	}
+	errs = append(errs, urlProblems(c, prefix, prefix+EnvURL)...)
+	if c.ReadURL != "" {
+		rc := c
+		rc.URL = c.ReadURL
+		for _, err := range urlProblems(rc, prefix, prefix+EnvReadURL) {
+			// The read URL is checked as the read pool's URL; its errors
+			// name it.
+			forEachConfigError(err, func(ce *ConfigError) {
+				if ce.Variable == prefix+EnvURL {
+					ce.Variable = prefix + EnvReadURL
+				}
+				ce.Reason = strings.ReplaceAll(ce.Reason, prefix+EnvURL, prefix+EnvReadURL)
+			})
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+// urlProblems is connectionProblems for c.URL, the value of variable.
+func urlProblems(c Config, prefix, variable string) []error {
+	tls, err := newTLSFiles(c, prefix)
+	if err != nil {
+		return []error{err}
+	}
+	connString := tls.connString(c.URL)
+	if discovery.IsSRV(c.URL) {
+		placeholder, err := discovery.Placeholder(connString)
+		if err != nil {
+			return []error{&ConfigError{Variable: variable, Value: redact.ConnString(c.URL),
+				Reason: "is not a valid SRV URL", Err: redact.Error(err, redact.Password(c.URL))}}
+		}
+		connString = placeholder
+	}
+	if _, err := parsePoolConfig(variable, c.URL, connString); err != nil {
+		return []error{err}
+	}
+	return nil
 }
 
 // applyConfig copies the Config's settings onto a pgxpool configuration.
