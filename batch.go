@@ -303,7 +303,7 @@ func (p *Pool) finishBatch(ctx context.Context, plan *batchPlan, began time.Time
 		return nil
 	}
 	if name != "" {
-		return p.scrub(fmt.Errorf("execute batch %q: %w", name, err))
+		return p.errorForCaller(fmt.Errorf("execute batch %q: %w", name, err))
 	}
-	return p.scrub(fmt.Errorf("execute batch: %w", err))
+	return p.errorForCaller(fmt.Errorf("execute batch: %w", err))
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -37,9 +38,32 @@ type CredentialsFunc func(ctx context.Context) (user, password string, err error
 func WithCredentials(fn CredentialsFunc) Option {
 	return optionFunc(func(o *options) {
 		if fn != nil {
-			o.credentials = fn
+			o.credentials, o.instanceCredentials = fn, nil
 		}
 	})
+}
+
+// WithInstanceCredentials is WithCredentials for an application with
+// several instances: newFn is called once per pool with the name of the
+// pool's instance ("" for the default; see Named and WithName) and returns
+// the CredentialsFunc of that instance, or nil for an instance that logs in
+// with its URL's password or its PasswordFile. It is for an option shared
+// by every instance, from OptionsGroup: a WithCredentials there applies to
+// every instance alike. When both are given, the one given last applies.
+func WithInstanceCredentials(newFn func(instance string) CredentialsFunc) Option {
+	return optionFunc(func(o *options) {
+		if newFn != nil {
+			o.credentials, o.instanceCredentials = nil, newFn
+		}
+	})
+}
+
+// credentialsFunc is the CredentialsFunc of the pool o builds, if any.
+func (o options) credentialsFunc() CredentialsFunc {
+	if o.instanceCredentials != nil {
+		return o.instanceCredentials(o.name)
+	}
+	return o.credentials
 }
 
 // credentials sets the user and password of each new connection from a
@@ -49,23 +73,26 @@ type credentials struct {
 	variable string // its variable, for errors
 	fn       CredentialsFunc
 	timeout  time.Duration
+	// lastUser is the user fn last returned, for start's errors.
+	lastUser atomic.Pointer[string]
 }
 
 // newCredentials returns what sets each new connection's credentials, or
 // nil when the URL's are used as they are. It does no I/O.
 func newCredentials(cfg Config, prefix string, o options) (*credentials, error) {
 	variable := prefix + EnvPasswordFile
+	fn := o.credentialsFunc()
 	switch {
-	case cfg.PasswordFile == "" && o.credentials == nil:
+	case cfg.PasswordFile == "" && fn == nil:
 		return nil, nil
-	case cfg.PasswordFile != "" && o.credentials != nil:
+	case cfg.PasswordFile != "" && fn != nil:
 		return nil, &ConfigError{Variable: variable, Value: cfg.PasswordFile,
 			Reason: "is set, and so is WithCredentials: use one source of the password"}
 	case cfg.PasswordFile != "" && urlHasPassword(cfg.URL):
 		return nil, &ConfigError{Variable: variable, Value: cfg.PasswordFile,
 			Reason: "is set, and " + prefix + EnvURL + " holds a password too: keep one of them"}
 	}
-	return &credentials{file: cfg.PasswordFile, variable: variable, fn: o.credentials, timeout: cfg.ConnectionTimeout}, nil
+	return &credentials{file: cfg.PasswordFile, variable: variable, fn: fn, timeout: cfg.ConnectionTimeout}, nil
 }
 
 // urlHasPassword reports whether a connection string carries a password.
@@ -93,6 +120,7 @@ func (c *credentials) beforeConnect(ctx context.Context, cc *pgx.ConnConfig) err
 	}
 	if user != "" {
 		cc.User = user
+		c.lastUser.Store(&user)
 	}
 	cc.Password = password
 	return nil

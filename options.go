@@ -24,7 +24,9 @@ type options struct {
 	resolver    discovery.Resolver
 	observers   []Observer
 	credentials CredentialsFunc
-	tracers     []pgx.QueryTracer
+	// instanceCredentials make a CredentialsFunc for the instance's name.
+	instanceCredentials func(instance string) CredentialsFunc
+	tracers             []pgx.QueryTracer
 	// instanceTracers make tracers for the instance's name.
 	instanceTracers []func(instance string) pgx.QueryTracer
 	poolConfigs     []func(*pgxpool.Config)

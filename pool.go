@@ -48,7 +48,10 @@ type Pool struct {
 	poolConfig *pgxpool.Config
 	name       string // the instance's name; "" for the default
 	target     string // host:port list, instance, database and user, for errors and logs
-	password   string // scrubbed from every error text
+	// targetFor is target with another user, the one credentials gave.
+	targetFor func(user string) string
+	creds     *credentials // nil when the URL's password is used
+	password  string       // scrubbed from every error text
 
 	mu        sync.Mutex // serialises start and stop
 	started   bool
@@ -192,16 +195,21 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 		}
 	}
 	installHooks(pc, own, o.poolConfigs)
-	target := describeTarget(o.name, pc.ConnConfig)
-	if hosts != nil {
-		target = "SRV " + hosts.name + " " + describeOwner(o.name, pc.ConnConfig)
+	targetFor := func(user string) string {
+		if hosts != nil {
+			return "SRV " + hosts.name + " " + describeOwner(o.name, pc.ConnConfig.Database, user)
+		}
+		return describeTarget(o.name, pc.ConnConfig, user)
 	}
+	target := targetFor(pc.ConnConfig.User)
 	p := &Pool{
 		cfg:        cfg,
 		logger:     o.logger,
 		name:       o.name,
 		poolConfig: pc,
 		target:     target,
+		targetFor:  targetFor,
+		creds:      creds,
 		password:   pc.ConnConfig.Password,
 		deadline:   deadline,
 		opts:       o,
@@ -352,9 +360,10 @@ func defaultApplicationName() string {
 	return "sprocketspg"
 }
 
-// describeTarget names the server(s), instance, database and user of a
-// connection config for errors and logs; it never includes the password.
-func describeTarget(instance string, c *pgx.ConnConfig) string {
+// describeTarget names the server(s) of a connection config, the
+// instance, the database and user for errors and logs; it never includes
+// the password.
+func describeTarget(instance string, c *pgx.ConnConfig, user string) string {
 	hosts := []string{hostPort(c.Host, c.Port)}
 	for _, fb := range c.Fallbacks {
 		hp := hostPort(fb.Host, fb.Port)
@@ -362,16 +371,27 @@ func describeTarget(instance string, c *pgx.ConnConfig) string {
 			hosts = append(hosts, hp)
 		}
 	}
-	return strings.Join(hosts, ",") + " " + describeOwner(instance, c)
+	return strings.Join(hosts, ",") + " " + describeOwner(instance, c.Database, user)
 }
 
 // describeOwner is the parenthesis of describeTarget: the instance, when
 // it has a name, the database and the user.
-func describeOwner(instance string, c *pgx.ConnConfig) string {
+func describeOwner(instance, database, user string) string {
 	if instance != "" {
-		return fmt.Sprintf("(instance %q, database %q, user %q)", instance, c.Database, c.User)
+		return fmt.Sprintf("(instance %q, database %q, user %q)", instance, database, user)
 	}
-	return fmt.Sprintf("(database %q, user %q)", c.Database, c.User)
+	return fmt.Sprintf("(database %q, user %q)", database, user)
+}
+
+// attemptTarget is target as the last connection attempt saw it: with the
+// user that WithCredentials returned, when that was another one.
+func (p *Pool) attemptTarget() string {
+	if p.creds != nil {
+		if user := p.creds.lastUser.Load(); user != nil && *user != p.poolConfig.ConnConfig.User {
+			return p.targetFor(*user)
+		}
+	}
+	return p.target
 }
 
 func hostPort(host string, port uint16) string {
@@ -409,7 +429,7 @@ func (p *Pool) start(ctx context.Context) error {
 	if err := p.connect(ctx, pool); err != nil {
 		pool.Close()
 		if pgErr := rejection(err); pgErr != nil {
-			return p.scrub(fmt.Errorf("connect to postgres at %s: %w: %w", p.target, ErrConnectionRejected, pgErr))
+			return p.scrub(fmt.Errorf("connect to postgres at %s: %w: %w", p.attemptTarget(), ErrConnectionRejected, pgErr))
 		}
 		if permanentSetupError(err) {
 			return p.scrub(fmt.Errorf("connect to postgres at %s: %w", p.target, err))
@@ -670,7 +690,7 @@ func (p *Pool) Config() Config {
 func (p *Pool) Status(ctx context.Context) Status {
 	pool := p.pool.Load()
 	if pool == nil || !p.connected.Load() {
-		return Status{Err: ErrNotConnected}
+		return Status{Err: p.errorForCaller(ErrNotConnected)}
 	}
 	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
 	defer cancel()
@@ -681,7 +701,7 @@ func (p *Pool) Status(ctx context.Context) Status {
 		Available: err == nil,
 		PoolSize:  int(st.TotalConns()),
 		PoolFree:  int(st.IdleConns()),
-		Err:       p.scrub(callError(ctx, err)),
+		Err:       p.errorForCaller(callError(ctx, err)),
 	}
 }
 
@@ -793,11 +813,11 @@ func (p *Pool) routineIsProcedure(ctx context.Context, q querier, ident pgx.Iden
 // livePool returns the pgx pool while the Pool is connected.
 func (p *Pool) livePool() (*pgxpool.Pool, error) {
 	if !p.connected.Load() {
-		return nil, ErrNotConnected
+		return nil, p.errorForCaller(ErrNotConnected)
 	}
 	pool := p.pool.Load()
 	if pool == nil {
-		return nil, ErrNotConnected
+		return nil, p.errorForCaller(ErrNotConnected)
 	}
 	return pool, nil
 }
@@ -813,9 +833,22 @@ func (p *Pool) finish(ctx context.Context, op Operation, label, sql string, bega
 		return nil
 	}
 	if name != "" {
-		return p.scrub(fmt.Errorf("%s %q: %w", label, name, err))
+		return p.errorForCaller(fmt.Errorf("%s %q: %w", label, name, err))
 	}
-	return p.scrub(fmt.Errorf("%s: %w", label, err))
+	return p.errorForCaller(fmt.Errorf("%s: %w", label, err))
+}
+
+// errorForCaller is the error of a call on the pool as its caller gets it:
+// without the password, and naming the instance when it has a name (the
+// default instance's errors read as they always have).
+func (p *Pool) errorForCaller(err error) error {
+	if err == nil {
+		return nil
+	}
+	if p.name != "" {
+		err = fmt.Errorf("instance %q: %w", p.name, err)
+	}
+	return p.scrub(err)
 }
 
 // scrub removes the password from err's text.

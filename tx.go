@@ -58,7 +58,7 @@ func (p *Pool) Transaction(ctx context.Context, fn func(tx *Tx) error, opts ...t
 		if err != nil {
 			err = callError(ctx, err)
 			p.observe(ctx, OperationTransaction, settings.MetricName, "", began, 0, err)
-			return p.scrub(err)
+			return p.errorForCaller(err)
 		}
 		defer conn.Release()
 		db = conn
@@ -75,9 +75,9 @@ func (p *Pool) Transaction(ctx context.Context, fn func(tx *Tx) error, opts ...t
 	p.observe(ctx, OperationTransaction, settings.MetricName, "", began, 0, err)
 	if err != nil {
 		if settings.MetricName != "" {
-			return p.scrub(fmt.Errorf("transaction %q: %w", settings.MetricName, err))
+			return p.errorForCaller(fmt.Errorf("transaction %q: %w", settings.MetricName, err))
 		}
-		return p.scrub(err)
+		return p.errorForCaller(err)
 	}
 	return nil
 }
