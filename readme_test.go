@@ -34,6 +34,10 @@ package sprocketspg_test
 //     taken for the start of the function body, and the harness ends it.
 //     <!-- readme: skip REASON --> compiles nothing: the block's subtest
 //     is skipped, saying REASON.
+//     <!-- readme: module DIR --> compiles the block in the Go module at
+//     DIR, relative to this one, instead of this module: for a snippet
+//     that needs packages this module does not depend on (a cloud SDK),
+//     which DIR's go.mod requires.
 //
 //   - <!-- readme: file PATH --> right before a fenced block of any
 //     language (```sql) makes that block's text the file PATH, relative
@@ -328,7 +332,7 @@ func TestReadmeExtractGoBlocks(t *testing.T) {
 		"e()\n"
 	blocks, problems := extractGoBlocks(md)
 	assert.Equal(t, []string{
-		`21: malformed directive "<!-- README skip -->", want <!-- readme: func(...) -->, <!-- readme: skip REASON --> or <!-- readme: file PATH -->`,
+		`21: malformed directive "<!-- README skip -->", want <!-- readme: func(...) -->, <!-- readme: skip REASON -->, <!-- readme: module DIR --> or <!-- readme: file PATH -->`,
 		"22: <!-- readme: ... --> comment is not right before a ```go block",
 		"24: ```go block is never closed",
 	}, problems)
@@ -399,6 +403,7 @@ type readmeDirective struct {
 	text      string // what follows "readme:", trimmed
 	skip      string // the reason of a skip directive
 	sig       string // a func directive's signature, as written
+	module    string // a module directive's directory, slash-separated
 }
 
 // blockReport is what checking one block found.
@@ -462,14 +467,15 @@ func checkMarkdown(t *testing.T, path, md string) markdownReport {
 	// that they are the same in every run and the build cache remembers
 	// blocks that did not change.
 	genDir := t.TempDir()
-	listRoot := filepath.Join(root, "_readme_overlay")
 	stem := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
-	overlay := map[string]string{}
-	var listDirs []string
-	byDir := map[string]*blockReport{}
+	// The blocks of each module, this one ("") and those of module
+	// directives, compile together.
+	byModule := map[string][]*blockReport{}
+	var modules []string
 	for _, b := range blocks {
 		br := &blockReport{block: b}
 		rep.blocks = append(rep.blocks, br)
+		modRoot := root
 		if b.dir != nil {
 			if err := parseDirective(b.dir); err != nil {
 				br.problems = append(br.problems, fmt.Sprintf("%s:%d: %v", filepath.Base(path), b.dir.line, err))
@@ -479,9 +485,16 @@ func checkMarkdown(t *testing.T, path, md string) markdownReport {
 				br.skip = b.dir.skip
 				continue
 			}
+			if b.dir.module != "" {
+				modRoot = filepath.Join(root, filepath.FromSlash(b.dir.module))
+				if _, err := os.Stat(filepath.Join(modRoot, "go.mod")); err != nil {
+					br.problems = append(br.problems, fmt.Sprintf("%s:%d: module directive: %v", filepath.Base(path), b.dir.line, err))
+					continue
+				}
+			}
 		}
 		br.name = fmt.Sprintf("%s_L%d", stem, b.fence)
-		genPath := filepath.Join(listRoot, br.name, "readme.go")
+		genPath := filepath.Join(modRoot, "_readme_overlay", br.name, "readme.go")
 		src, err := generateBlock(path, genPath, b)
 		if err != nil {
 			br.problems = append(br.problems, relativize(root, err.Error()))
@@ -490,19 +503,40 @@ func checkMarkdown(t *testing.T, path, md string) markdownReport {
 		br.source = src
 		br.real = filepath.Join(genDir, br.name+".go")
 		require.NoError(t, os.WriteFile(br.real, []byte(src), 0o644))
-		overlay[genPath] = br.real
 		br.files = map[string]string{}
 		for i, f := range b.files {
 			real := filepath.Join(genDir, fmt.Sprintf("%s_file%d", br.name, i))
 			require.NoError(t, os.WriteFile(real, []byte(f.content), 0o644))
 			br.files[filepath.FromSlash(f.path)] = real
-			overlay[filepath.Join(listRoot, br.name, filepath.FromSlash(f.path))] = real
+		}
+		if byModule[modRoot] == nil {
+			modules = append(modules, modRoot)
+		}
+		byModule[modRoot] = append(byModule[modRoot], br)
+	}
+	for _, modRoot := range modules {
+		compileBlocks(t, root, modRoot, genDir, byModule[modRoot], &rep)
+	}
+	return rep
+}
+
+// compileBlocks compiles and vets brs, the generated blocks of the module
+// at modRoot, adding what it finds to each block's report and to rep;
+// root is the module of the markdown file, to which messages are relative.
+func compileBlocks(t *testing.T, root, modRoot, genDir string, brs []*blockReport, rep *markdownReport) {
+	t.Helper()
+	listRoot := filepath.Join(modRoot, "_readme_overlay")
+	overlay := map[string]string{}
+	var listDirs []string
+	byDir := map[string]*blockReport{}
+	for _, br := range brs {
+		pkgDir := filepath.Join(listRoot, br.name)
+		overlay[filepath.Join(pkgDir, "readme.go")] = br.real
+		for rel, real := range br.files {
+			overlay[filepath.Join(pkgDir, rel)] = real
 		}
 		listDirs = append(listDirs, "./"+filepath.ToSlash(filepath.Join(filepath.Base(listRoot), br.name)))
-		byDir[filepath.Dir(genPath)] = br
-	}
-	if len(listDirs) == 0 {
-		return rep
+		byDir[pkgDir] = br
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -512,7 +546,7 @@ func checkMarkdown(t *testing.T, path, md string) markdownReport {
 	args := append([]string{"list", "-e", "-export", "-json=Dir,ImportPath,Export,Error,DepsErrors"}, goFlags(t, genDir, overlay)...)
 	args = append(args, listDirs...)
 	began := time.Now()
-	stdout, stderr, err := runGo(ctx, root, args...)
+	stdout, stderr, err := runGo(ctx, modRoot, args...)
 	require.NoError(t, err, "go %s:\n%s", strings.Join(args, " "), stderr)
 	t.Logf("go list -export of %d packages: %s", len(listDirs), time.Since(began).Round(time.Millisecond))
 	modPath := ""
@@ -544,14 +578,14 @@ func checkMarkdown(t *testing.T, path, md string) markdownReport {
 		}
 	}
 	if len(compiled) == 0 {
-		return rep
+		return
 	}
 
 	// go vet then runs the analyzers that go test runs on a reader's
 	// code, and more. It runs in each package's directory, so those must
 	// exist: empty ones, under a directory of this run's own (./...
 	// ignores names starting with "_"), removed when vet is done.
-	vetRoot, err := os.MkdirTemp(root, "_readme_vet")
+	vetRoot, err := os.MkdirTemp(modRoot, "_readme_vet")
 	require.NoError(t, err)
 	defer func() { assert.NoError(t, os.RemoveAll(vetRoot)) }()
 	overlay = map[string]string{}
@@ -570,7 +604,7 @@ func checkMarkdown(t *testing.T, path, md string) markdownReport {
 	}
 	args = append(append([]string{"vet", "-json"}, goFlags(t, genDir, overlay)...), vetDirs...)
 	began = time.Now()
-	stdout, stderr, err = runGo(ctx, root, args...)
+	stdout, stderr, err = runGo(ctx, modRoot, args...)
 	t.Logf("go vet of %d packages: %s", len(vetDirs), time.Since(began).Round(time.Millisecond))
 	if err != nil {
 		// vet failed as a whole or on a type error, in text, not JSON:
@@ -608,7 +642,6 @@ func checkMarkdown(t *testing.T, path, md string) markdownReport {
 			}
 		}
 	}
-	return rep
 }
 
 // goFlags writes overlay to a file in dir and returns the go command's
@@ -697,7 +730,7 @@ func extractGoBlocks(md string) ([]readmeBlock, []string) {
 		}
 		m := directiveRE.FindStringSubmatch(line)
 		if m == nil {
-			problems = append(problems, fmt.Sprintf("%d: malformed directive %q, want <!-- readme: func(...) -->, <!-- readme: skip REASON --> or <!-- readme: file PATH -->", n, line))
+			problems = append(problems, fmt.Sprintf("%d: malformed directive %q, want <!-- readme: func(...) -->, <!-- readme: skip REASON -->, <!-- readme: module DIR --> or <!-- readme: file PATH -->", n, line))
 			continue
 		}
 		pending = &readmeDirective{line: n, col: strings.Index(line, m[1]) + 1, text: m[1]}
@@ -726,8 +759,8 @@ func generateBlock(mdPath, genPath string, b readmeBlock) (string, error) {
 	pos := func(line int) string { return fmt.Sprintf("%s:%d", mdPath, line) }
 	text := strings.Join(b.lines, "\n")
 	if firstToken(text) == token.PACKAGE {
-		if b.dir != nil {
-			return "", fmt.Errorf("%s: a directive has no effect on a complete file", pos(b.dir.line))
+		if b.dir != nil && b.dir.module == "" {
+			return "", fmt.Errorf("%s: a func directive has no effect on a complete file", pos(b.dir.line))
 		}
 		return fmt.Sprintf("//line %s:1\n%s\n", pos(b.first()), text), nil
 	}
@@ -929,8 +962,14 @@ func parseDirective(d *readmeDirective) error {
 			}
 		}
 		d.sig = d.text
+	case strings.HasPrefix(d.text, "module "):
+		dir := strings.TrimSpace(strings.TrimPrefix(d.text, "module "))
+		if clean := filepath.ToSlash(filepath.Clean(dir)); dir == "" || clean != dir || filepath.IsAbs(dir) || strings.HasPrefix(clean, "../") || clean == ".." || clean == "." {
+			return fmt.Errorf("module directive %q: want a clean relative path to a module within this one", d.text)
+		}
+		d.module = dir
 	default:
-		return fmt.Errorf("unknown directive %q, want func(...) or skip REASON", d.text)
+		return fmt.Errorf("unknown directive %q, want func(...), skip REASON or module DIR", d.text)
 	}
 	return nil
 }
@@ -1154,4 +1193,23 @@ func numberLines(src string) string {
 		fmt.Fprintf(&b, "%4d  %s\n", i+1, l)
 	}
 	return b.String()
+}
+
+// A module directive names a directory of a module within this one.
+func TestReadmeModuleDirective(t *testing.T) {
+	d := readmeDirective{text: "module examples/cloud"}
+	require.NoError(t, parseDirective(&d))
+	assert.Equal(t, "examples/cloud", d.module)
+	for _, bad := range []string{"module ", "module ../other", "module /abs", "module ./examples/cloud", "module ."} {
+		d := readmeDirective{text: bad}
+		assert.Error(t, parseDirective(&d), bad)
+	}
+	// A directory without go.mod is reported on the block.
+	root, err := os.Getwd()
+	require.NoError(t, err)
+	md := "<!-- readme: module testdata -->\n```go\npackage main\n\nfunc main() {}\n```\n"
+	rep := checkMarkdown(t, filepath.Join(root, "MODULE.md"), md)
+	require.Len(t, rep.blocks, 1)
+	require.Len(t, rep.blocks[0].problems, 1)
+	assert.Contains(t, rep.blocks[0].problems[0], "module directive")
 }
