@@ -2,6 +2,7 @@ package sprocketspg
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"time"
@@ -61,6 +62,10 @@ type BatchError struct {
 	MetricName string
 	// Committed is true when the statements before Index stay committed.
 	Committed bool
+	// NoneRan is true when the batch failed before any of it ran: the
+	// server refused to prepare the statement at Index (a syntax error,
+	// a missing table), which pgx does for every statement first.
+	NoneRan bool
 	// Err is what failed.
 	Err error
 }
@@ -75,6 +80,9 @@ func (e *BatchError) Error() string {
 	before := "rolled back"
 	if e.Committed {
 		before = "committed"
+	}
+	if e.NoneRan {
+		return fmt.Sprintf("batch statement %d of %d%s failed to prepare; no statement ran: %v", e.Index, e.Len, name, e.Err)
 	}
 	var others string
 	if e.Index > 0 {
@@ -250,6 +258,12 @@ func (p *Pool) readBatch(ctx context.Context, br pgx.BatchResults, plan *batchPl
 	// fail ends the batch at statement i; observed is true when i was
 	// already reported as a success, before its COMMIT failed.
 	fail := func(i int, err error, observed bool) ([]QueryResult, error) {
+		if at, ok := preparedFailure(plan, err); ok {
+			// pgx prepares the statements before any runs, so the
+			// first answer carries another statement's failure.
+			p.observe(ctx, OperationBatchStatement, plan.name(ctx, at), plan.stmts[at].SQL, began, 0, callError(ctx, err))
+			return results[:0], &BatchError{Index: at, Len: len(plan.stmts), MetricName: plan.name(ctx, at), NoneRan: true, Err: err}
+		}
 		if !observed {
 			p.observe(ctx, OperationBatchStatement, plan.name(ctx, i), plan.stmts[i].SQL, began, 0, callError(ctx, err))
 		}
@@ -286,6 +300,21 @@ func (p *Pool) readBatch(ctx context.Context, br pgx.BatchResults, plan *batchPl
 		}
 	}
 	return results, nil
+}
+
+// preparedFailure says whether err is pgx's failure to prepare one of the
+// batch's statements before sending them, and which one.
+func preparedFailure(plan *batchPlan, err error) (int, bool) {
+	var pre pgx.ErrPreprocessingBatch
+	if !errors.As(err, &pre) {
+		return 0, false
+	}
+	for i, s := range plan.stmts {
+		if s.SQL == pre.SQL() {
+			return i, true
+		}
+	}
+	return 0, false
 }
 
 // finishBatch reports the batch to the observers and wraps its error,

@@ -316,3 +316,45 @@ func TestExecuteBatchCommitFailure(t *testing.T) {
 	}
 	assert.Equal(t, 2, statementEvents, "one event per statement that ran, none twice")
 }
+
+// pgx prepares every statement of a batch before it sends any: a statement
+// the server refuses to prepare fails the batch before any of it runs, and
+// the error names that statement, not the first.
+func TestExecuteBatchPrepareFailureNamesTheStatement(t *testing.T) {
+	for _, atomic := range []bool{false, true} {
+		t.Run(map[bool]string{false: "each commits", true: "atomic"}[atomic], func(t *testing.T) {
+			rec := &recorder{}
+			pool, _ := batchPool(t, sprocketspg.WithObserver(rec))
+			ctx := ctxT(t)
+			stmts := []sprocketspg.Statement{
+				{SQL: "INSERT INTO kv VALUES ('a', 1)", MetricName: "first"},
+				{SQL: "INSERT INTO kv VALUES ('b', 2)", MetricName: "second"},
+				{SQL: "SELECT * FROM no_such_table", MetricName: "third"},
+			}
+			var opts []sprocketspg.BatchOption
+			if atomic {
+				opts = append(opts, sprocketspg.Atomic())
+			}
+			results, err := pool.ExecuteBatch(ctx, stmts, opts...)
+			var be *sprocketspg.BatchError
+			require.ErrorAs(t, err, &be)
+			assert.Equal(t, 2, be.Index)
+			assert.Equal(t, "third", be.MetricName)
+			assert.True(t, be.NoneRan)
+			assert.False(t, be.Committed)
+			var pgErr *pgconn.PgError
+			require.ErrorAs(t, err, &pgErr)
+			assert.Equal(t, "42P01", pgErr.Code)
+			assert.Contains(t, err.Error(), `batch statement 2 of 3 ("third") failed to prepare; no statement ran`)
+			assert.Empty(t, results)
+			assert.Empty(t, keys(t, ctx, pool), "nothing ran")
+			// The statement's event and the batch's, then keys' Execute.
+			events := rec.waitEvents(t, 3)
+			require.GreaterOrEqual(t, len(events), 2)
+			assert.Equal(t, sprocketspg.OperationBatchStatement, events[0].Operation)
+			assert.Equal(t, "third", events[0].MetricName, "the observers hear of the statement that failed")
+			assert.Error(t, events[0].Err)
+			assert.Equal(t, sprocketspg.OperationBatch, events[1].Operation)
+		})
+	}
+}

@@ -424,7 +424,7 @@ func (p *Pool) start(ctx context.Context) error {
 	// as the ones start opens; the marker makes the gate refuse those.
 	pool, err := pgxpool.NewWithConfig(context.WithValue(context.Background(), initialFillKey{}, true), p.poolConfig)
 	if err != nil {
-		return p.scrub(fmt.Errorf("create postgres pool for %s: %w", p.target, err))
+		return p.scrub(fmt.Errorf("create postgres pool for %s: %w", p.attemptTarget(), err))
 	}
 	if err := p.connect(ctx, pool); err != nil {
 		pool.Close()
@@ -432,21 +432,21 @@ func (p *Pool) start(ctx context.Context) error {
 			return p.scrub(fmt.Errorf("connect to postgres at %s: %w: %w", p.attemptTarget(), ErrConnectionRejected, pgErr))
 		}
 		if permanentSetupError(err) {
-			return p.scrub(fmt.Errorf("connect to postgres at %s: %w", p.target, err))
+			return p.scrub(fmt.Errorf("connect to postgres at %s: %w", p.attemptTarget(), err))
 		}
 		// When the connection timeout, not the caller, ended the attempts,
 		// the server is what failed, whatever the last attempt returned.
 		if parent.Err() == nil {
 			err = fmt.Errorf("%w: %w", ErrConnectTimeout, err)
 		}
-		return p.scrub(fmt.Errorf("connect to postgres at %s within %s: %w", p.target, p.cfg.ConnectionTimeout, err))
+		return p.scrub(fmt.Errorf("connect to postgres at %s within %s: %w", p.attemptTarget(), p.cfg.ConnectionTimeout, err))
 	}
 	if err := p.openConnections(ctx, pool, p.cfg.MinPoolSize); err != nil {
 		pool.Close()
 		if parent.Err() == nil && ctx.Err() != nil {
 			err = fmt.Errorf("%w: %w", ErrConnectTimeout, err)
 		}
-		return p.scrub(fmt.Errorf("open %d connections to postgres at %s: %w", p.cfg.MinPoolSize, p.target, err))
+		return p.scrub(fmt.Errorf("open %d connections to postgres at %s: %w", p.cfg.MinPoolSize, p.attemptTarget(), err))
 	}
 	// Extensions see the pool from here on; the instance counts as
 	// connected only once they have started.
@@ -748,7 +748,7 @@ func (p *Pool) Callproc(ctx context.Context, name string, args ...any) (QueryRes
 	}
 	ident, err := parseRoutineName(name)
 	if err != nil {
-		return QueryResult{}, fmt.Errorf("callproc: %w", err)
+		return QueryResult{}, p.errorForCaller(fmt.Errorf("callproc: %w", err))
 	}
 	began := time.Now()
 	key := ident.Sanitize()
@@ -845,11 +845,23 @@ func (p *Pool) errorForCaller(err error) error {
 	if err == nil {
 		return nil
 	}
-	if p.name != "" {
-		err = fmt.Errorf("instance %q: %w", p.name, err)
+	var named *instanceError
+	if p.name != "" && !(errors.As(err, &named) && named.name == p.name) {
+		// A Tx statement's error that fn returns to Transaction names
+		// the instance already.
+		err = &instanceError{name: p.name, err: err}
 	}
 	return p.scrub(err)
 }
+
+// instanceError is an error of a named instance's call.
+type instanceError struct {
+	name string
+	err  error
+}
+
+func (e *instanceError) Error() string { return fmt.Sprintf("instance %q: %v", e.name, e.err) }
+func (e *instanceError) Unwrap() error { return e.err }
 
 // scrub removes the password from err's text.
 func (p *Pool) scrub(err error) error {

@@ -16,8 +16,6 @@ import (
 	"go.uber.org/fx"
 	"go.uber.org/fx/fxevent"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
-	"go.uber.org/zap/zaptest"
 
 	"github.com/sprockets/sprocketspg"
 	"github.com/sprockets/sprocketspg/fxtest_helpers"
@@ -39,15 +37,15 @@ type tlsEnv struct {
 	url      string
 	certFile string
 	keyFile  string
-	// keys are the private keys (PEM) that must never be printed.
-	keys []string
-	logs *syncBuffer
+	// watch holds the private keys (PEM) that must never be printed, and
+	// checks every entry of the test's logger for them (secrets_test.go).
+	watch *secretLog
 }
 
 func newTLSEnv(t *testing.T) *tlsEnv {
 	t.Helper()
 	srv, files := fxtest_helpers.StartTLSServer(t, tlsRole)
-	e := &tlsEnv{files: files, url: files.RoleURL(srv.NewDatabase(t)), logs: &syncBuffer{}}
+	e := &tlsEnv{files: files, url: files.RoleURL(srv.NewDatabase(t)), watch: newSecretLog(t)}
 	dir := t.TempDir()
 	e.certFile, e.keyFile = filepath.Join(dir, "client.crt"), filepath.Join(dir, "client.key")
 	copyFile(t, files.CertFile, e.certFile, 0o644)
@@ -55,20 +53,14 @@ func newTLSEnv(t *testing.T) *tlsEnv {
 	for _, k := range []string{files.KeyFile, files.ServerKeyFile} {
 		b, err := os.ReadFile(k)
 		require.NoError(t, err)
-		e.keys = append(e.keys, string(b))
+		e.watch.add(string(b))
 	}
-	t.Cleanup(func() { e.assertNoKeyIn(t, "the logs", e.logs.String()) })
 	return e
 }
 
-// logger logs to the test and to e.logs, which the test's end checks for
-// key material.
-func (e *tlsEnv) logger(t *testing.T) *zap.Logger {
-	enc := zapcore.NewJSONEncoder(zap.NewDevelopmentEncoderConfig())
-	core := zapcore.NewCore(enc, zapcore.AddSync(e.logs), zap.DebugLevel)
-	return zaptest.NewLogger(t, zaptest.Level(zap.DebugLevel),
-		zaptest.WrapOptions(zap.WrapCore(func(c zapcore.Core) zapcore.Core { return zapcore.NewTee(c, core) })))
-}
+// logger logs to the test and to e.watch, which the test's end checks
+// for key material.
+func (e *tlsEnv) logger() *zap.Logger { return e.watch.logger }
 
 // rotate replaces the client certificate files with a new pair, each
 // renamed into place as a secret store would, and returns its serial.
@@ -79,20 +71,8 @@ func (e *tlsEnv) rotate(t *testing.T) string {
 	require.NoError(t, os.Rename(c.KeyFile, e.keyFile))
 	key, err := os.ReadFile(e.keyFile)
 	require.NoError(t, err)
-	e.keys = append(e.keys, string(key))
+	e.watch.add(string(key))
 	return c.Serial
-}
-
-// assertNoKeyIn fails t when text holds a line of any key's PEM body.
-func (e *tlsEnv) assertNoKeyIn(t *testing.T, what, text string) {
-	t.Helper()
-	for _, key := range e.keys {
-		for _, line := range strings.Split(key, "\n") {
-			if len(line) >= 16 && !strings.HasPrefix(line, "-----") {
-				assert.NotContains(t, text, line, "%s hold a line of a private key", what)
-			}
-		}
-	}
 }
 
 // config is a Config for e's database with every TLS setting of the
@@ -110,9 +90,9 @@ func (e *tlsEnv) config() sprocketspg.Config {
 // connectTLS is sprocketspg.New with e's logger.
 func (e *tlsEnv) connectTLS(t *testing.T, cfg sprocketspg.Config) (*sprocketspg.Pool, error) {
 	t.Helper()
-	pool, err := sprocketspg.New(ctxT(t), cfg, sprocketspg.WithLogger(e.logger(t)))
+	pool, err := sprocketspg.New(ctxT(t), cfg, sprocketspg.WithLogger(e.logger()))
 	if err != nil {
-		e.assertNoKeyIn(t, "the error", err.Error())
+		e.watch.noSecretIn(err)
 		return nil, err
 	}
 	t.Cleanup(pool.Close)
@@ -257,17 +237,19 @@ func (e *tlsEnv) setOrdersTLS(t *testing.T) {
 // environment, and returns its start error.
 func (e *tlsEnv) ordersApp(t *testing.T, pools *ordersPools) error {
 	t.Helper()
-	logger := e.logger(t)
+	logger := e.logger()
 	// fx.New rather than fxtest.New, which fails the test on a refused
 	// configuration that the test expects.
 	app := fx.New(fx.Supply(logger), fx.WithLogger(func() fxevent.Logger { return &fxevent.ZapLogger{Logger: logger} }),
 		sprocketspg.Named("orders"), fx.Populate(pools))
 	if err := app.Err(); err != nil {
+		e.watch.noSecretIn(err)
 		return err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	if err := app.Start(ctx); err != nil {
+		e.watch.noSecretIn(err)
 		return err
 	}
 	t.Cleanup(func() { assert.NoError(t, app.Stop(context.Background())) })
@@ -296,7 +278,7 @@ func TestTLSNamedInstanceWrongCA(t *testing.T) {
 	t.Setenv("ORDERS_POSTGRES_SSLROOTCERT", other)
 	err := e.ordersApp(t, &ordersPools{})
 	require.Error(t, err)
-	e.assertNoKeyIn(t, "the error", err.Error())
+	e.watch.noSecretIn(err)
 	assert.Contains(t, err.Error(), `ORDERS_POSTGRES_SSLROOTCERT "`+other+`"`)
 	assert.Contains(t, err.Error(), "certificate signed by unknown authority")
 }

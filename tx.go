@@ -98,7 +98,7 @@ func (tx *Tx) Execute(ctx context.Context, sql string, args ...any) (QueryResult
 func (tx *Tx) Callproc(ctx context.Context, name string, args ...any) (QueryResult, error) {
 	ident, err := parseRoutineName(name)
 	if err != nil {
-		return QueryResult{}, fmt.Errorf("callproc: %w", err)
+		return QueryResult{}, tx.pool.errorForCaller(fmt.Errorf("callproc: %w", err))
 	}
 	began := time.Now()
 	key := ident.Sanitize()
