@@ -7,23 +7,40 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 )
 
 // responseDeadline is a pgx tracer that bounds how long a connection
 // waits for the server's answer, so that a query cannot hang for ever on
-// a server host that has vanished (powered off, partitioned away) while
-// the connection looks open.
+// a server host that has vanished (powered off, partitioned away) or
+// frozen while the connection looks open.
 //
 // The server cancels any statement that outlives statement_timeout
 // (Config.QueryTimeout), so an answer, if only an error, always comes
 // within it; silence for longer than that plus a margin
-// (Config.ConnectionTimeout) means the server is gone. Setting a read
-// deadline when a statement starts and clearing it when it ends costs no
-// allocation, unlike a context per query, and unlike TCP keepalives it
-// also notices a peer whose kernel still acknowledges packets.
+// (Config.ConnectionTimeout) means the server is gone. A read deadline
+// costs no allocation, unlike a context per query, and unlike TCP
+// keepalives it also notices a peer whose kernel still acknowledges
+// packets.
+//
+// Setting a deadline costs a timer update in the runtime, so it is not set
+// and cleared around every statement: a statement starts with the
+// deadline its connection already has when that one is at least the limit
+// away and at most rearmSlack more, and sets a new one otherwise. A busy
+// connection so sets it about once per rearmSlack, and a statement waits
+// at most the limit plus rearmSlack. The deadline stays set between
+// statements; the ways the connection is read without a statement keep it
+// valid: pgxpool's ping of an idle connection (refreshed on acquire, see
+// refresh), and pgconn's handling of a cancelled context, which replaces
+// the deadline (watchContext makes the next statement set it again).
 type responseDeadline struct {
 	limit  time.Duration
 	margin time.Duration
+	slack  time.Duration
+	// base is when the deadlines are counted from: time.Since(base)
+	// reads only the monotonic clock, time.Now the wall clock too.
+	base time.Time
 
 	// overrides holds longer limits for connections running a
 	// transaction with a statement timeout above QueryTimeout; count
@@ -32,8 +49,52 @@ type responseDeadline struct {
 	overrides sync.Map // *pgx.Conn -> time.Duration
 }
 
+// rearmSlack is how far past the limit a deadline may be set, so that it
+// need not be set again for that long.
+const rearmSlack = time.Second
+
+// connDeadlineKey is where a connection's connDeadline sits in its
+// pgconn.PgConn.CustomData.
+const connDeadlineKey = "sprocketspg.responseDeadline"
+
+// connDeadline is the read deadline set on one connection.
+type connDeadline struct {
+	// until is the deadline, in nanoseconds since the responseDeadline's
+	// base; 0 when none is known to be set, so the next statement sets
+	// one.
+	until atomic.Int64
+}
+
 func newResponseDeadline(cfg Config) *responseDeadline {
-	return &responseDeadline{limit: cfg.QueryTimeout + cfg.ConnectionTimeout, margin: cfg.ConnectionTimeout}
+	limit := cfg.QueryTimeout + cfg.ConnectionTimeout
+	return &responseDeadline{limit: limit, margin: cfg.ConnectionTimeout, slack: min(rearmSlack, limit/4), base: time.Now()}
+}
+
+// watchContext wraps the context watcher handler of a new connection so
+// that a cancelled context, whose handler moves the read deadline and then
+// clears it, leaves the connection without a known deadline: the next
+// statement sets one. It also gives the connection its connDeadline.
+func (d *responseDeadline) watchContext(conn *pgconn.PgConn, h ctxwatch.Handler) ctxwatch.Handler {
+	st := &connDeadline{}
+	conn.CustomData()[connDeadlineKey] = st
+	return &forgetDeadlineOnCancel{Handler: h, deadline: st}
+}
+
+// forgetDeadlineOnCancel is a ctxwatch.Handler that marks its connection's
+// deadline unknown whenever the handler it wraps handles a cancellation.
+type forgetDeadlineOnCancel struct {
+	ctxwatch.Handler
+	deadline *connDeadline
+}
+
+func (h *forgetDeadlineOnCancel) HandleCancel(ctx context.Context) {
+	h.deadline.until.Store(0)
+	h.Handler.HandleCancel(ctx)
+}
+
+func (h *forgetDeadlineOnCancel) HandleUnwatchAfterCancel() {
+	h.Handler.HandleUnwatchAfterCancel()
+	h.deadline.until.Store(0)
 }
 
 // extend raises the limit for conn to timeout plus the margin until the
@@ -50,23 +111,34 @@ func (d *responseDeadline) extend(conn *pgx.Conn, timeout time.Duration) func() 
 	return func() {}
 }
 
+// arm makes sure conn's read deadline is at least its limit away and at
+// most the slack more, setting it only when it is not.
 func (d *responseDeadline) arm(conn *pgx.Conn) {
-	nc := conn.PgConn().Conn()
-	if nc == nil {
-		return
-	}
+	pc := conn.PgConn()
 	limit := d.limit
 	if d.count.Load() > 0 {
 		if v, ok := d.overrides.Load(conn); ok {
 			limit = v.(time.Duration)
 		}
 	}
-	_ = nc.SetReadDeadline(time.Now().Add(limit))
-}
-
-func (d *responseDeadline) disarm(conn *pgx.Conn) {
-	if nc := conn.PgConn().Conn(); nc != nil {
-		_ = nc.SetReadDeadline(time.Time{})
+	st, _ := pc.CustomData()[connDeadlineKey].(*connDeadline)
+	now := time.Since(d.base)
+	need := int64(now + limit)
+	if st != nil {
+		// A longer limit that ended leaves a deadline too far away; it is
+		// brought back too.
+		if until := st.until.Load(); until >= need && until <= need+int64(d.slack) {
+			return
+		}
+	}
+	nc := pc.Conn()
+	if nc == nil {
+		return
+	}
+	deadline := now + limit + d.slack
+	_ = nc.SetReadDeadline(d.base.Add(deadline))
+	if st != nil {
+		st.until.Store(int64(deadline))
 	}
 }
 
@@ -76,10 +148,8 @@ func (d *responseDeadline) TraceQueryStart(ctx context.Context, conn *pgx.Conn, 
 	return ctx
 }
 
-// TraceQueryEnd clears it once the statement's answer is read.
-func (d *responseDeadline) TraceQueryEnd(_ context.Context, conn *pgx.Conn, _ pgx.TraceQueryEndData) {
-	d.disarm(conn)
-}
+// TraceQueryEnd leaves the deadline for the next statement.
+func (d *responseDeadline) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
 
 // TraceBatchStart arms the deadline for a batch.
 func (d *responseDeadline) TraceBatchStart(ctx context.Context, conn *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
@@ -87,19 +157,17 @@ func (d *responseDeadline) TraceBatchStart(ctx context.Context, conn *pgx.Conn, 
 	return ctx
 }
 
-// TraceBatchQuery re-arms it as each statement of the batch answers.
+// TraceBatchQuery re-arms it, when needed, as each statement of the batch
+// answers.
 func (d *responseDeadline) TraceBatchQuery(_ context.Context, conn *pgx.Conn, _ pgx.TraceBatchQueryData) {
 	d.arm(conn)
 }
 
-// TraceBatchEnd clears it.
-func (d *responseDeadline) TraceBatchEnd(_ context.Context, conn *pgx.Conn, _ pgx.TraceBatchEndData) {
-	d.disarm(conn)
-}
+// TraceBatchEnd leaves the deadline for the next statement.
+func (d *responseDeadline) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
 
-// There is deliberately no TracePrepareStart/End: pgx prepares statements
-// inside Query, and a prepare's end clearing the deadline would leave the
-// rest of the query unbounded.
+// There is no TracePrepareStart: pgx prepares statements inside Query,
+// whose start has armed the deadline.
 
 // TraceCopyFromStart arms the deadline for a COPY.
 func (d *responseDeadline) TraceCopyFromStart(ctx context.Context, conn *pgx.Conn, _ pgx.TraceCopyFromStartData) context.Context {
@@ -107,7 +175,5 @@ func (d *responseDeadline) TraceCopyFromStart(ctx context.Context, conn *pgx.Con
 	return ctx
 }
 
-// TraceCopyFromEnd clears it.
-func (d *responseDeadline) TraceCopyFromEnd(_ context.Context, conn *pgx.Conn, _ pgx.TraceCopyFromEndData) {
-	d.disarm(conn)
-}
+// TraceCopyFromEnd leaves the deadline for the next statement.
+func (d *responseDeadline) TraceCopyFromEnd(context.Context, *pgx.Conn, pgx.TraceCopyFromEndData) {}

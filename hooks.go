@@ -4,6 +4,8 @@ import (
 	"context"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
 )
 
@@ -22,6 +24,9 @@ type poolHooks struct {
 	beforeClose  func(*pgx.Conn)
 	shouldPing   func(context.Context, pgxpool.ShouldPingParams) bool
 	tracers      []pgx.QueryTracer
+	// watchContext wraps the context watcher handler of each new
+	// connection, whichever built it.
+	watchContext func(*pgconn.PgConn, ctxwatch.Handler) ctxwatch.Handler
 }
 
 // installHooks sets pc's hooks to the pool's own, composed with those the
@@ -29,7 +34,8 @@ type poolHooks struct {
 // (BeforeConnect, AfterConnect, BeforeClose), so that they see what ours
 // did (resolved hosts, a fresh password, registered types) instead of
 // replacing it; ShouldPing asks theirs when ours does not ask for a ping;
-// their ConnConfig.Tracer runs beside ours. Each function sees pc with
+// their ConnConfig.Tracer runs beside ours; the context watcher handler
+// of each connection, theirs or ours, is wrapped by ours. Each function sees pc with
 // every other setting applied and its hooks cleared, so it need not
 // compose with anything itself.
 func installHooks(pc *pgxpool.Config, own poolHooks, userConfigs []func(*pgxpool.Config)) {
@@ -68,6 +74,16 @@ func installHooks(pc *pgxpool.Config, own poolHooks, userConfigs []func(*pgxpool
 	pc.BeforeConnect, pc.AfterConnect = before, after
 	pc.BeforeClose, pc.ShouldPing = beforeClose, shouldPing
 	pc.ConnConfig.Tracer = combineTracers(tracers)
+	if wrap := own.watchContext; wrap != nil {
+		build := pc.ConnConfig.BuildContextWatcherHandler
+		pc.ConnConfig.BuildContextWatcherHandler = func(conn *pgconn.PgConn) ctxwatch.Handler {
+			if build == nil {
+				// pgconn's own default.
+				return wrap(conn, &pgconn.DeadlineContextWatcherHandler{Conn: conn.Conn()})
+			}
+			return wrap(conn, build(conn))
+		}
+	}
 }
 
 // chainConnHooks runs ours, then theirs, so a hook set through

@@ -173,8 +173,16 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 		beforeConnect: []func(context.Context, *pgx.ConnConfig) error{refuseInitialFill},
 		afterConnect:  []func(context.Context, *pgx.Conn) error{pc.AfterConnect, idle.afterConnect},
 		beforeClose:   idle.beforeClose,
-		shouldPing:    idle.shouldPing,
-		tracers:       []pgx.QueryTracer{deadline},
+		shouldPing: func(ctx context.Context, params pgxpool.ShouldPingParams) bool {
+			// A connection leaving the pool after some idle time gets a
+			// deadline that has not passed, before pgxpool may ping it.
+			if params.IdleDuration >= minPeekIdle {
+				deadline.arm(params.Conn)
+			}
+			return idle.shouldPing(ctx, params)
+		},
+		tracers:      []pgx.QueryTracer{deadline},
+		watchContext: deadline.watchContext,
 	}
 	if hosts != nil {
 		own.beforeConnect = append(own.beforeConnect, hosts.beforeConnect)
@@ -725,7 +733,7 @@ func (p *Pool) Execute(ctx context.Context, sql string, args ...any) (QueryResul
 	if err != nil {
 		return QueryResult{}, err
 	}
-	began := time.Now()
+	began := p.startTime()
 	res, err := p.query(ctx, pool, sql, args)
 	if err != nil && pgconn.SafeToRetry(err) && ctx.Err() == nil {
 		res, err = p.query(ctx, pool, sql, args)
@@ -750,7 +758,7 @@ func (p *Pool) Callproc(ctx context.Context, name string, args ...any) (QueryRes
 	if err != nil {
 		return QueryResult{}, p.errorForCaller(fmt.Errorf("callproc: %w", err))
 	}
-	began := time.Now()
+	began := p.startTime()
 	key := ident.Sanitize()
 	isProc, known := p.routineKind(key)
 	sql := callSQL(ident, len(args), isProc)
