@@ -201,6 +201,24 @@ func (p *Pool) DroppedObservations() int64 {
 	return p.dispatch.dropped.Load()
 }
 
+// startTime is when a call begins, for its event or its debug log: the
+// zero time when neither would be written, which spares the call a read
+// of the clock.
+func (p *Pool) startTime() time.Time {
+	if p.dispatch == nil && !p.logger.Core().Enabled(zap.DebugLevel) {
+		return time.Time{}
+	}
+	return time.Now()
+}
+
+// since is how long ago began was; 0 for the zero time of startTime.
+func since(began time.Time) time.Duration {
+	if began.IsZero() {
+		return 0
+	}
+	return time.Since(began)
+}
+
 // observe reports a finished operation: to the observers when there are
 // any, else as a debug log line.
 func (p *Pool) observe(ctx context.Context, op Operation, metricName, sql string, began time.Time, rows int64, err error) {
@@ -212,7 +230,7 @@ func (p *Pool) observe(ctx context.Context, op Operation, metricName, sql string
 			MetricName: metricName,
 			SQL:        sql,
 			Start:      began,
-			Duration:   time.Since(began),
+			Duration:   since(began),
 			RowCount:   rows,
 			Err:        p.scrub(err),
 		})
@@ -222,7 +240,7 @@ func (p *Pool) observe(ctx context.Context, op Operation, metricName, sql string
 		ce.Write(
 			zap.String("metric_name", metricName),
 			zap.String("operation", string(op)),
-			zap.Duration("duration", time.Since(began)),
+			zap.Duration("duration", since(began)),
 			zap.Int64("row_count", rows),
 			zap.Error(p.scrub(err)),
 		)

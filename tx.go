@@ -3,7 +3,6 @@ package sprocketspg
 import (
 	"context"
 	"fmt"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -51,7 +50,7 @@ func (p *Pool) Transaction(ctx context.Context, fn func(tx *Tx) error, opts ...t
 	}
 	all = append(all, opts...)
 	settings := txn.Apply(all...)
-	began := time.Now()
+	began := p.startTime()
 	var db txn.Beginner = pool
 	if p.cfg.AcquireTimeout > 0 {
 		conn, err := p.acquire(ctx, pool)
@@ -86,7 +85,7 @@ func (p *Pool) Transaction(ctx context.Context, fn func(tx *Tx) error, opts ...t
 // result, with the rules of Pool.Execute. Unlike Pool.Execute it never
 // sends a statement twice: a failed statement aborts the transaction.
 func (tx *Tx) Execute(ctx context.Context, sql string, args ...any) (QueryResult, error) {
-	began := time.Now()
+	began := tx.pool.startTime()
 	res, err := tx.run(ctx, sql, args)
 	return res, tx.pool.finish(ctx, OperationExecute, "execute", sql, began, res, err)
 }
@@ -100,7 +99,7 @@ func (tx *Tx) Callproc(ctx context.Context, name string, args ...any) (QueryResu
 	if err != nil {
 		return QueryResult{}, tx.pool.errorForCaller(fmt.Errorf("callproc: %w", err))
 	}
-	began := time.Now()
+	began := tx.pool.startTime()
 	key := ident.Sanitize()
 	isProc, err := tx.pool.routineIsProcedure(ctx, tx.Tx, ident, key)
 	if err != nil {

@@ -111,8 +111,9 @@ func Run(ctx context.Context, db Beginner, fn func(ctx context.Context, tx pgx.T
 		return err
 	}
 
+	// The clock is read only for the debug line that reports the time.
 	var began time.Time
-	if s.Logger != nil {
+	if s.Logger != nil && s.Logger.Core().Enabled(zap.DebugLevel) {
 		began = time.Now()
 	}
 	attempts := 1
@@ -136,7 +137,7 @@ func Run(ctx context.Context, db Beginner, fn func(ctx context.Context, tx pgx.T
 		}
 	}
 
-	if s.Logger != nil {
+	if !began.IsZero() {
 		if ce := s.Logger.Check(zap.DebugLevel, "transaction"); ce != nil {
 			ce.Write(
 				zap.String("metric_name", s.MetricName),
@@ -268,8 +269,10 @@ func begin(ctx context.Context, db Beginner, s *Settings) (pgx.Tx, error) {
 // beginQuery renders BEGIN with the settings followed by SET LOCAL
 // statement_timeout, as one string.
 func beginQuery(s *Settings) string {
-	buf := make([]byte, 0, 128)
-	buf = append(buf, "begin"...)
+	// Room for the longest: begin isolation level read uncommitted read
+	// only deferrable; set local statement_timeout = <19 digits>.
+	var room [128]byte
+	buf := append(room[:0], "begin"...)
 	if s.Isolation != "" {
 		buf = append(buf, " isolation level "...)
 		buf = append(buf, s.Isolation...)
