@@ -6,11 +6,14 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgconn/ctxwatch"
 	"github.com/jackc/pgx/v5/pgxpool"
 	"go.uber.org/fx"
 	"go.uber.org/zap"
@@ -35,11 +38,27 @@ func benchPools(b *testing.B) (*sprocketspg.Pool, *pgxpool.Pool) {
 		b.Fatal(err)
 	}
 	b.Cleanup(pool.Close)
+	raw := rawPool(b, url, cfg)
+	return pool, raw
+}
+
+// rawPool returns a pgxpool on url with the server settings a Pool with cfg
+// gives its connections: statement_timeout in the startup message and a
+// cancel request when a caller's context ends. What is left between the
+// two is the module's own code and hooks.
+func rawPool(b *testing.B, url string, cfg sprocketspg.Config) *pgxpool.Pool {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
 	pc, err := pgxpool.ParseConfig(url)
 	if err != nil {
 		b.Fatal(err)
 	}
-	pc.MinConns, pc.MaxConns = 4, 4
+	pc.MinConns, pc.MaxConns = int32(cfg.MinPoolSize), int32(cfg.MaxPoolSize)
+	pc.ConnConfig.RuntimeParams["statement_timeout"] = strconv.FormatInt(cfg.QueryTimeout.Milliseconds(), 10)
+	pc.ConnConfig.BuildContextWatcherHandler = func(conn *pgconn.PgConn) ctxwatch.Handler {
+		return &pgconn.CancelRequestContextWatcherHandler{Conn: conn, DeadlineDelay: cfg.ConnectionTimeout}
+	}
 	raw, err := pgxpool.NewWithConfig(ctx, pc)
 	if err != nil {
 		b.Fatal(err)
@@ -48,7 +67,7 @@ func benchPools(b *testing.B) (*sprocketspg.Pool, *pgxpool.Pool) {
 	if err := raw.Ping(ctx); err != nil {
 		b.Fatal(err)
 	}
-	return pool, raw
+	return raw
 }
 
 // rawToMaps is what Execute does, written against pgx alone: the fair
@@ -341,7 +360,15 @@ func interleaved(b *testing.B, variants map[string]func() error) {
 }
 
 // BenchmarkInterleaved compares the module with the raw pgx code doing the
-// same work, call by call (see interleaved).
+// same work, call by call (see interleaved). Each sub-benchmark compares
+// exactly two variants, one per pool: each pool's connection is served by
+// its own server process, and a call that follows a call on the other
+// pool pays for switching to its process (cold caches, most of all with
+// both processes pinned to one CPU). With two variants in a random order
+// both pay that equally often; with three or more, the pool with fewer
+// variants pays it more often, by several percent.
+//
+//	../shared/tools/bench-pinned . BenchmarkInterleaved -test.benchtime 10000x -test.count 5
 func BenchmarkInterleaved(b *testing.B) {
 	pool, raw := benchPools(b)
 	ctx := context.Background()
@@ -359,18 +386,32 @@ func BenchmarkInterleaved(b *testing.B) {
 			"sprocketspg":  func() error { _, err := pool.Execute(ctx, q, 1); return err },
 		})
 	})
+	stmt := func(tx pgx.Tx) error { _, err := tx.Exec(ctx, "SELECT 1"); return err }
 	b.Run("transaction", func(b *testing.B) {
-		stmt := func(tx pgx.Tx) error { _, err := tx.Exec(ctx, "SELECT 1"); return err }
 		interleaved(b, map[string]func() error{
 			"pgx-beginfunc": func() error { return pgx.BeginFunc(ctx, raw, stmt) },
-			"txn-run-on-pgxpool": func() error {
-				return txn.Run(ctx, raw, func(_ context.Context, tx pgx.Tx) error { return stmt(tx) })
-			},
 			"sprocketspg": func() error {
 				return pool.Transaction(ctx, func(tx *sprocketspg.Tx) error { return stmt(tx) })
 			},
-			"sprocketspg-timeout": func() error {
+		})
+	})
+	b.Run("transaction-timeout", func(b *testing.B) {
+		interleaved(b, map[string]func() error{
+			// What txn.Timeout(5s) sends, written against pgx alone.
+			"pgx-begintxfunc": func() error {
+				return pgx.BeginTxFunc(ctx, raw, pgx.TxOptions{BeginQuery: "begin; set local statement_timeout = 5000"}, stmt)
+			},
+			"sprocketspg": func() error {
 				return pool.Transaction(ctx, func(tx *sprocketspg.Tx) error { return stmt(tx) }, txn.Timeout(5*time.Second))
+			},
+		})
+	})
+	// Both on the raw pool: what txn.Run itself costs.
+	b.Run("txn-run", func(b *testing.B) {
+		interleaved(b, map[string]func() error{
+			"pgx-beginfunc": func() error { return pgx.BeginFunc(ctx, raw, stmt) },
+			"txn-run": func() error {
+				return txn.Run(ctx, raw, func(_ context.Context, tx pgx.Tx) error { return stmt(tx) })
 			},
 		})
 	})
