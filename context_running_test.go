@@ -7,7 +7,6 @@ import (
 	"io"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -117,24 +116,19 @@ func TestTxCallsDeadlineWhileRunningMatchesContext(t *testing.T) {
 // ping (pgx's "-- ping" statement) goes through. Break resets every
 // connection it holds and every one it accepts from then on.
 type pingWatchProxy struct {
-	l      net.Listener
+	connSet
 	target string
 
 	broken   atomic.Bool
 	lastPing atomic.Int64 // UnixNano of the last ping seen, 0 for none
 	pings    atomic.Int32
-
-	wg     sync.WaitGroup
-	mu     sync.Mutex
-	closed bool
-	conns  []net.Conn
 }
 
 func newPingWatchProxy(t *testing.T, target string) *pingWatchProxy {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	p := &pingWatchProxy{l: l, target: target}
+	p := &pingWatchProxy{connSet: connSet{l: l}, target: target}
 	p.wg.Add(1)
 	go p.serve()
 	t.Cleanup(p.close)
@@ -144,14 +138,11 @@ func newPingWatchProxy(t *testing.T, target string) *pingWatchProxy {
 func (p *pingWatchProxy) addr() string { return p.l.Addr().String() }
 
 func (p *pingWatchProxy) track(c net.Conn) bool {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if p.closed || p.broken.Load() {
+	if p.broken.Load() {
 		resetConn(c)
 		return false
 	}
-	p.conns = append(p.conns, c)
-	return true
+	return p.add(c)
 }
 
 // resetConn closes c with a TCP reset.
@@ -171,21 +162,6 @@ func (p *pingWatchProxy) Break() {
 		resetConn(c)
 	}
 	p.conns = nil
-}
-
-func (p *pingWatchProxy) close() {
-	p.mu.Lock()
-	if p.closed {
-		p.mu.Unlock()
-		return
-	}
-	p.closed = true
-	_ = p.l.Close()
-	for _, c := range p.conns {
-		_ = c.Close()
-	}
-	p.mu.Unlock()
-	p.wg.Wait()
 }
 
 func (p *pingWatchProxy) serve() {

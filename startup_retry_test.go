@@ -95,28 +95,62 @@ func TestStartRetriesDNSFailure(t *testing.T) {
 	}
 }
 
-// flakyListener accepts TCP connections on 127.0.0.1 and ends each at
-// once, with a reset (reset) or a plain close, until healAt; connections
-// accepted after healAt (when set) are forwarded to target.
-type flakyListener struct {
-	l        net.Listener
-	reset    bool
-	target   string
-	healAt   time.Time
-	accepted atomic.Int32
-	dropped  atomic.Int32
-
+// connSet is a test proxy's listener and the connections it accepted or
+// dialled, closed together.
+type connSet struct {
+	l      net.Listener
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	closed bool
 	conns  []net.Conn
 }
 
+// add keeps c to close with the set, or closes it when the set is closed.
+func (s *connSet) add(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		_ = c.Close()
+		return false
+	}
+	s.conns = append(s.conns, c)
+	return true
+}
+
+// close closes the listener and every connection, and waits for the
+// proxy's goroutines.
+func (s *connSet) close() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.closed = true
+	_ = s.l.Close()
+	for _, c := range s.conns {
+		_ = c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+}
+
+// flakyListener accepts TCP connections on 127.0.0.1 and ends each at
+// once, with a reset (reset) or a plain close, until healAt; connections
+// accepted after healAt (when set) are forwarded to target.
+type flakyListener struct {
+	connSet
+	reset    bool
+	target   string
+	healAt   time.Time
+	accepted atomic.Int32
+	dropped  atomic.Int32
+}
+
 func newFlakyListener(t *testing.T, reset bool, target string, healAfter time.Duration) *flakyListener {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	require.NoError(t, err)
-	f := &flakyListener{l: l, reset: reset, target: target}
+	f := &flakyListener{connSet: connSet{l: l}, reset: reset, target: target}
 	if target != "" {
 		f.healAt = time.Now().Add(healAfter)
 	}
@@ -129,29 +163,7 @@ func newFlakyListener(t *testing.T, reset bool, target string, healAfter time.Du
 func (f *flakyListener) addr() string { return f.l.Addr().String() }
 
 func (f *flakyListener) track(c net.Conn) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.closed {
-		_ = c.Close()
-		return false
-	}
-	f.conns = append(f.conns, c)
-	return true
-}
-
-func (f *flakyListener) close() {
-	f.mu.Lock()
-	if f.closed {
-		f.mu.Unlock()
-		return
-	}
-	f.closed = true
-	_ = f.l.Close()
-	for _, c := range f.conns {
-		_ = c.Close()
-	}
-	f.mu.Unlock()
-	f.wg.Wait()
+	return f.add(c)
 }
 
 func (f *flakyListener) serve() {
