@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"strconv"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -266,9 +267,39 @@ func begin(ctx context.Context, db Beginner, s *Settings) (pgx.Tx, error) {
 	return tx, nil
 }
 
+// beginKey is what a BEGIN with a statement timeout depends on.
+type beginKey struct {
+	isolation  pgx.TxIsoLevel
+	readOnly   bool
+	deferrable bool
+	millis     int64
+}
+
+type beginEntry struct {
+	key beginKey
+	sql string
+}
+
+// recentBegins keeps the last BEGIN strings built, one per slot, so that
+// the transactions of a service, which use a few timeouts, do not each
+// allocate theirs: an allocation per transaction shows in its time.
+var recentBegins [8]atomic.Pointer[beginEntry]
+
 // beginQuery renders BEGIN with the settings followed by SET LOCAL
 // statement_timeout, as one string.
 func beginQuery(s *Settings) string {
+	key := beginKey{isolation: s.Isolation, readOnly: s.ReadOnly, deferrable: s.Deferrable, millis: timeoutMillis(s.Timeout)}
+	slot := &recentBegins[uint64(key.millis)%uint64(len(recentBegins))]
+	if e := slot.Load(); e != nil && e.key == key {
+		return e.sql
+	}
+	sql := buildBeginQuery(s)
+	slot.Store(&beginEntry{key: key, sql: sql})
+	return sql
+}
+
+// buildBeginQuery is beginQuery without the cache.
+func buildBeginQuery(s *Settings) string {
 	// Room for the longest: begin isolation level read uncommitted read
 	// only deferrable; set local statement_timeout = <19 digits>.
 	var room [128]byte
