@@ -135,8 +135,6 @@ func newPingWatchProxy(t *testing.T, target string) *pingWatchProxy {
 	return p
 }
 
-func (p *pingWatchProxy) addr() string { return p.l.Addr().String() }
-
 func (p *pingWatchProxy) track(c net.Conn) bool {
 	if p.broken.Load() {
 		resetConn(c)

@@ -132,7 +132,7 @@ func instanceModule(name string) fx.Option {
 	if name == "" {
 		// The exported constructors themselves, so that fx's errors name
 		// them.
-		return fx.Module("sprocketspg",
+		return fx.Module(instance.ModuleName("sprocketspg", name),
 			fx.Provide(LoadConfig, NewPool, NewResolver, provideChecker),
 			// The pool connects on start even when nothing else asks for
 			// it, as the original connected on application start.
@@ -141,7 +141,7 @@ func instanceModule(name string) fx.Option {
 	}
 	tag := instance.Tag(name)
 	prefix := EnvPrefix(name)
-	return fx.Module("sprocketspg_"+name,
+	return fx.Module(instance.ModuleName("sprocketspg", name),
 		fx.Provide(
 			fx.Annotate(func() (Config, error) { return LoadConfigPrefix(prefix) }, fx.ResultTags(tag)),
 			// Positional parameters, since only they can take the

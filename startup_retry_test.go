@@ -112,6 +112,8 @@ type connSet struct {
 	conns  []net.Conn
 }
 
+func (s *connSet) addr() string { return s.l.Addr().String() }
+
 // add keeps c to close with the set, or closes it when the set is closed.
 func (s *connSet) add(c net.Conn) bool {
 	s.mu.Lock()
@@ -167,12 +169,6 @@ func newFlakyListener(t *testing.T, reset bool, target string, healAfter time.Du
 	return f
 }
 
-func (f *flakyListener) addr() string { return f.l.Addr().String() }
-
-func (f *flakyListener) track(c net.Conn) bool {
-	return f.add(c)
-}
-
 func (f *flakyListener) serve() {
 	defer f.wg.Done()
 	for {
@@ -194,7 +190,7 @@ func (f *flakyListener) serve() {
 			_ = c.Close()
 			continue
 		}
-		if !f.track(c) || !f.track(server) {
+		if !f.add(c) || !f.add(server) {
 			_ = server.Close()
 			return
 		}

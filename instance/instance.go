@@ -109,3 +109,13 @@ func Tag(name string) string {
 	}
 	return `name:"` + name + `"`
 }
+
+// ModuleName is the name of package base's fx module for the instance
+// called name: base for the default instance, base_<name> for another, so
+// that fx's errors say whose module failed.
+func ModuleName(base, name string) string {
+	if name == "" {
+		return base
+	}
+	return base + "_" + name
+}

@@ -28,11 +28,7 @@ func Notifications(opts ...Option) fx.Option {
 	}
 	name := probe.instName
 	tag := instance.Tag(name)
-	moduleName := "listen"
-	if name != "" {
-		moduleName += "_" + name
-	}
-	return fx.Module(moduleName,
+	return fx.Module(instance.ModuleName("listen", name),
 		fx.Provide(fx.Annotate(
 			func() (*Listener, *Listener) {
 				l := New(opts...)

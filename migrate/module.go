@@ -42,11 +42,7 @@ func Migrations(fsys fs.FS, opts ...Option) fx.Option {
 	}
 	name := probe.instName
 	tag := instance.Tag(name)
-	moduleName := "migrate"
-	if name != "" {
-		moduleName += "_" + name
-	}
-	return fx.Module(moduleName,
+	return fx.Module(instance.ModuleName("migrate", name),
 		fx.Provide(fx.Annotate(
 			func() (*Migrator, *Migrator, error) {
 				prefix := instance.EnvPrefix(name)
