@@ -177,3 +177,21 @@ func (d *responseDeadline) TraceCopyFromStart(ctx context.Context, conn *pgx.Con
 
 // TraceCopyFromEnd leaves the deadline for the next statement.
 func (d *responseDeadline) TraceCopyFromEnd(context.Context, *pgx.Conn, pgx.TraceCopyFromEndData) {}
+
+// ClearResponseDeadline clears the read deadline that the pool keeps on
+// conn between statements (see Config.QueryTimeout), for a caller that
+// waits on a connection it took from the pool without running statements,
+// such as WaitForNotification after LISTEN. The connection's next
+// statement sets the deadline again. A connection of another origin is
+// left as it is.
+func ClearResponseDeadline(conn *pgx.Conn) {
+	pc := conn.PgConn()
+	st, ok := pc.CustomData()[connDeadlineKey].(*connDeadline)
+	if !ok {
+		return
+	}
+	if nc := pc.Conn(); nc != nil {
+		_ = nc.SetReadDeadline(time.Time{})
+	}
+	st.until.Store(0)
+}

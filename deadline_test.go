@@ -133,3 +133,47 @@ func TestResponseDeadlinePassedWhileIdle(t *testing.T) {
 	var n int
 	require.NoError(t, conn.QueryRow(ctx, "SELECT 1").Scan(&n))
 }
+
+// A connection taken from the pool to wait for notifications waits past
+// the response deadline once ClearResponseDeadline cleared it, and its
+// next statement sets the deadline again. Without the clear, the wait
+// fails when the deadline passes.
+func TestClearResponseDeadlineForWaitForNotification(t *testing.T) {
+	const queryTimeout, connectionTimeout = 200 * time.Millisecond, 300 * time.Millisecond
+	pool, _ := newPool(t, func(c *sprocketspg.Config) {
+		c.QueryTimeout, c.ConnectionTimeout = queryTimeout, connectionTimeout
+		c.MinPoolSize, c.MaxPoolSize = 2, 2
+	})
+	ctx := ctxT(t)
+	wait := func(clear bool) error {
+		conn, err := pool.Acquire(ctx)
+		require.NoError(t, err)
+		defer conn.Release()
+		_, err = conn.Exec(ctx, "LISTEN deadline_test")
+		require.NoError(t, err)
+		if clear {
+			sprocketspg.ClearResponseDeadline(conn.Conn())
+			assert.Zero(t, sprocketspg.ResponseDeadlineOf(pool, conn.Conn()))
+		}
+		// Notified after the limit and the slack have passed.
+		notified := make(chan error, 1)
+		go func() {
+			time.Sleep(1200 * time.Millisecond)
+			_, err := pool.Execute(ctx, "SELECT pg_notify('deadline_test', 'hello')")
+			notified <- err
+		}()
+		defer func() { require.NoError(t, <-notified) }()
+		n, err := conn.Conn().WaitForNotification(ctx)
+		if err != nil {
+			return err
+		}
+		assert.Equal(t, "hello", n.Payload)
+		_, err = conn.Exec(ctx, "UNLISTEN *")
+		require.NoError(t, err)
+		assert.Greater(t, sprocketspg.ResponseDeadlineOf(pool, conn.Conn()), time.Now().UnixNano(),
+			"the next statement sets the deadline again")
+		return nil
+	}
+	require.NoError(t, wait(true), "a cleared connection waits as long as it must")
+	assert.Error(t, wait(false), "the deadline left between statements ends a wait without a statement")
+}
