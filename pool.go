@@ -244,7 +244,7 @@ func parsePoolConfig(variable, raw, connString string) (*pgxpool.Config, error) 
 	pc, err := pgxpool.ParseConfig(connString)
 	if err != nil {
 		return nil, &ConfigError{Variable: variable, Value: redact.ConnString(raw),
-			Reason: "cannot be parsed", Err: redact.Error(err, redact.Password(raw))}
+			Reason: "cannot be parsed", Err: redact.Error(err, redact.Secrets(raw)...)}
 	}
 	return pc, nil
 }
@@ -289,7 +289,7 @@ func urlProblems(c Config, prefix, variable string) []error {
 		placeholder, err := discovery.Placeholder(connString)
 		if err != nil {
 			return []error{&ConfigError{Variable: variable, Value: redact.ConnString(c.URL),
-				Reason: "is not a valid SRV URL", Err: redact.Error(err, redact.Password(c.URL))}}
+				Reason: "is not a valid SRV URL", Err: redact.Error(err, redact.Secrets(c.URL)...)}}
 		}
 		connString = placeholder
 	}

@@ -36,7 +36,7 @@ type hostSource struct {
 func newHostSource(url string, o options) (*hostSource, error) {
 	invalid := func(err error) error {
 		return &ConfigError{Variable: EnvPrefix(o.name) + EnvURL, Value: redact.ConnString(url),
-			Reason: "is not a valid SRV URL", Err: redact.Error(err, redact.Password(url))}
+			Reason: "is not a valid SRV URL", Err: redact.Error(err, redact.Secrets(url)...)}
 	}
 	name, err := discovery.SRVName(url)
 	if err != nil {

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"net/url"
 	"regexp"
+	"slices"
 	"strings"
 )
 
@@ -116,6 +117,50 @@ func Password(s string) string {
 	return v
 }
 
+// Secrets returns every text of s that some parser could take for its
+// password: the one Password finds (pgx's reading, the user information
+// ending at the first @) and, for a URL-like string, the wider span
+// net/url takes (up to the last @ before the first /). A driver that
+// quotes s in an error may quote either, so an error built from s is
+// scrubbed of both.
+func Secrets(s string) []string {
+	var out []string
+	if p := Password(s); p != "" {
+		out = append(out, p)
+	}
+	for _, span := range userinfoSpans(s) {
+		if span != "" && !slices.Contains(out, span) {
+			out = append(out, span)
+		}
+	}
+	return out
+}
+
+// userinfoSpans returns the raw text maskUserinfo would mask in s, one per
+// URL-like start it finds.
+func userinfoSpans(s string) []string {
+	var spans []string
+	if strings.HasPrefix(s, "//") {
+		spans = append(spans, authoritySpan(s[2:]))
+	}
+	if i := strings.Index(s, "://"); i >= 0 {
+		spans = append(spans, authoritySpan(s[i+3:]))
+	} else if at := strings.IndexByte(s, '@'); at >= 0 && !strings.HasPrefix(s, "//") && !strings.ContainsAny(s[:at], "= \t") {
+		spans = append(spans, authoritySpan(s))
+	}
+	return spans
+}
+
+// authoritySpan returns the text maskAuthority would mask in rest, the
+// text after "//".
+func authoritySpan(rest string) string {
+	lo, hi, ok := authorityPasswordBounds(rest, 0)
+	if !ok {
+		return ""
+	}
+	return rest[lo:hi]
+}
+
 // firstAtPassword reads the password of the first URL in s the way pgx
 // does: the user information ends at the first @ before any /. It returns
 // the password decoded when it decodes, raw otherwise.
@@ -184,22 +229,31 @@ func maskUserinfo(s string) string {
 // maskAuthority masks the password of the user information that starts
 // at s[start:], from its first colon to the last @ before the first /.
 func maskAuthority(s string, start int) string {
+	lo, hi, ok := authorityPasswordBounds(s, start)
+	if !ok || s[lo:hi] == Mask {
+		return s
+	}
+	return s[:lo] + Mask + s[hi:]
+}
+
+// authorityPasswordBounds returns where, in s, the password of the user
+// information starting at s[start:] begins and ends over the widest span
+// any parser could take: from the first colon to the last @ before the
+// first /.
+func authorityPasswordBounds(s string, start int) (lo, hi int, ok bool) {
 	rest := s[start:]
 	if slash := strings.IndexByte(rest, '/'); slash >= 0 {
 		rest = rest[:slash]
 	}
 	at := strings.LastIndexByte(rest, '@')
 	if at < 0 {
-		return s
+		return 0, 0, false
 	}
 	colon := strings.IndexByte(rest[:at], ':')
 	if first := strings.IndexByte(rest, '@'); colon < 0 || colon > first {
-		return s
+		return 0, 0, false
 	}
-	if rest[colon+1:at] == Mask {
-		return s
-	}
-	return s[:start+colon+1] + Mask + s[start+at:]
+	return start + colon + 1, start + at, true
 }
 
 // maskAll replaces p, and its percent-encoded forms, everywhere in s.

@@ -54,6 +54,21 @@ func TestPassword(t *testing.T) {
 	assert.Equal(t, "pw", Password("//x postgres://u:pw@h/db"))
 }
 
+func TestSecrets(t *testing.T) {
+	assert.Equal(t, []string{"pw"}, Secrets("postgresql://u:pw@h/db"))
+	// pgx ends the user information at the first @, net/url at the last.
+	assert.Equal(t, []string{"a", "a@b"}, Secrets("postgres://u:a@b@h/db"))
+	// pgx's reading is empty; net/url's is the whole "@000".
+	assert.Equal(t, []string{"@000"}, Secrets("://app:@000@ 0="))
+	assert.Equal(t, []string{"pw"}, Secrets("app:pw@h/db"))
+	assert.Equal(t, []string{"pw"}, Secrets("host=h password=pw"))
+	assert.Empty(t, Secrets("host=h user=u@x"))
+	assert.Empty(t, Secrets(""))
+
+	err := Error(errors.New("cannot parse `://app:@000@ 0=`"), Secrets("://app:@000@ 0=")...)
+	assert.Equal(t, "cannot parse `://app:xxxxx@ 0=`", err.Error())
+}
+
 func TestError(t *testing.T) {
 	base := errors.New("dial postgres://u:hunter%2022@h/db failed, pw hunter 22 and hunter+22")
 	err := Error(fmt.Errorf("wrapped: %w", base), "hunter 22", "")
