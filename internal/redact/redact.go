@@ -49,15 +49,21 @@ func ConnString(s string) string {
 	if s == "" {
 		return s
 	}
-	s = maskUserinfo(s)
 	if !urlScheme.MatchString(s) {
 		// A libpq keyword/value string, or something that only contains a
-		// URL: scrub by pattern, leaving the rest as it was.
-		return kvSecret.ReplaceAllString(userinfo.ReplaceAllString(s, "${1}:"+Mask+"@"), "${1}="+Mask+"${3}")
+		// URL: scrub by pattern, leaving the rest as it was. The
+		// keyword/value pairs go first: a value that looks like a URL's
+		// user information ("host=://: password='@x'") would otherwise
+		// be masked together with the "password=" before it, leaving
+		// the value's end in sight.
+		s = kvSecret.ReplaceAllString(s, "${1}="+Mask+"${3}")
+		return userinfo.ReplaceAllString(maskUserinfo(s), "${1}:"+Mask+"@")
 	}
+	raw := s
+	s = maskUserinfo(s)
 	u, err := url.Parse(s)
 	if err != nil {
-		return kvSecret.ReplaceAllString(userinfo.ReplaceAllString(s, "${1}:"+Mask+"@"), "${1}="+Mask+"${3}")
+		return userinfo.ReplaceAllString(maskUserinfo(kvSecret.ReplaceAllString(raw, "${1}="+Mask+"${3}")), "${1}:"+Mask+"@")
 	}
 	if u.User != nil {
 		if _, ok := u.User.Password(); ok {
