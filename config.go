@@ -146,6 +146,20 @@ type Config struct {
 	// holding every request to its own deadline. 0 waits as long as the
 	// caller's context allows.
 	AcquireTimeout time.Duration `env:"POSTGRES_ACQUIRE_TIMEOUT" envDefault:"0"`
+
+	// HostConnectTimeout is how long one host may take to answer, where
+	// ConnectionTimeout is the whole attempt: each host of a multi-host
+	// URL gets this long to accept a new connection before the next is
+	// tried (pgx's connect_timeout, which counts per host), pgxpool's
+	// ping of an idle connection gets this long, and a statement that
+	// has waited this long for its answer makes the pool ask the host
+	// whether it still answers at all (a probe that needs no login); a
+	// host that does not answer the probe within it is taken for frozen
+	// or gone: the statements waiting on it fail with
+	// ErrServerNotResponding, its other connections are dropped, and new
+	// connections try it last. 0 means ConnectionTimeout. An HA setup
+	// sets it to a second or two (see the README's failover section).
+	HostConnectTimeout time.Duration `env:"POSTGRES_HOST_CONNECT_TIMEOUT" envDefault:"0"`
 }
 
 // Environment variable names, for error messages and documentation.
@@ -157,28 +171,29 @@ const (
 	// EnvConnectTimeout is the name sprockets-postgres 1.8.1 reads for
 	// ConnectionTimeout (its documentation says POSTGRES_CONNECTION_TIMEOUT);
 	// LoadConfig accepts either, and both only when they agree.
-	EnvConnectTimeout    = "POSTGRES_CONNECT_TIMEOUT"
-	EnvConnectionTTL     = "POSTGRES_CONNECTION_TTL"
-	EnvQueryTimeout      = "POSTGRES_QUERY_TIMEOUT"
-	EnvHStore            = "POSTGRES_HSTORE"
-	EnvJSON              = "POSTGRES_JSON"
-	EnvUUID              = "POSTGRES_UUID"
-	EnvLogQueries        = "POSTGRES_LOG_QUERIES"
-	EnvLogQueryArgs      = "POSTGRES_LOG_QUERY_ARGS"
-	EnvSlowQuery         = "POSTGRES_SLOW_QUERY_THRESHOLD"
-	EnvQueryExecMode     = "POSTGRES_QUERY_EXEC_MODE"
-	EnvReadURL           = "POSTGRES_READ_URL"
-	EnvPasswordFile      = "POSTGRES_PASSWORD_FILE"
-	EnvSSLMode           = "POSTGRES_SSLMODE"
-	EnvSSLRootCert       = "POSTGRES_SSLROOTCERT"
-	EnvSSLCert           = "POSTGRES_SSLCERT"
-	EnvSSLKey            = "POSTGRES_SSLKEY"
-	EnvApplicationName   = "POSTGRES_APPLICATION_NAME"
-	EnvSearchPath        = "POSTGRES_SEARCH_PATH"
-	EnvMaxConnIdleTime   = "POSTGRES_MAX_CONN_IDLE_TIME"
-	EnvMinIdleConns      = "POSTGRES_MIN_IDLE_CONNS"
-	EnvHealthCheckPeriod = "POSTGRES_HEALTH_CHECK_PERIOD"
-	EnvAcquireTimeout    = "POSTGRES_ACQUIRE_TIMEOUT"
+	EnvConnectTimeout     = "POSTGRES_CONNECT_TIMEOUT"
+	EnvConnectionTTL      = "POSTGRES_CONNECTION_TTL"
+	EnvQueryTimeout       = "POSTGRES_QUERY_TIMEOUT"
+	EnvHStore             = "POSTGRES_HSTORE"
+	EnvJSON               = "POSTGRES_JSON"
+	EnvUUID               = "POSTGRES_UUID"
+	EnvLogQueries         = "POSTGRES_LOG_QUERIES"
+	EnvLogQueryArgs       = "POSTGRES_LOG_QUERY_ARGS"
+	EnvSlowQuery          = "POSTGRES_SLOW_QUERY_THRESHOLD"
+	EnvQueryExecMode      = "POSTGRES_QUERY_EXEC_MODE"
+	EnvReadURL            = "POSTGRES_READ_URL"
+	EnvPasswordFile       = "POSTGRES_PASSWORD_FILE"
+	EnvSSLMode            = "POSTGRES_SSLMODE"
+	EnvSSLRootCert        = "POSTGRES_SSLROOTCERT"
+	EnvSSLCert            = "POSTGRES_SSLCERT"
+	EnvSSLKey             = "POSTGRES_SSLKEY"
+	EnvApplicationName    = "POSTGRES_APPLICATION_NAME"
+	EnvSearchPath         = "POSTGRES_SEARCH_PATH"
+	EnvMaxConnIdleTime    = "POSTGRES_MAX_CONN_IDLE_TIME"
+	EnvMinIdleConns       = "POSTGRES_MIN_IDLE_CONNS"
+	EnvHealthCheckPeriod  = "POSTGRES_HEALTH_CHECK_PERIOD"
+	EnvAcquireTimeout     = "POSTGRES_ACQUIRE_TIMEOUT"
+	EnvHostConnectTimeout = "POSTGRES_HOST_CONNECT_TIMEOUT"
 )
 
 // ErrInvalidConfig is matched by every error LoadConfig and Validate return
@@ -522,6 +537,7 @@ func (c Config) problems(prefix string) []*ConfigError {
 		{EnvMaxConnIdleTime, c.MaxConnIdleTime},
 		{EnvHealthCheckPeriod, c.HealthCheckPeriod},
 		{EnvAcquireTimeout, c.AcquireTimeout},
+		{EnvHostConnectTimeout, c.HostConnectTimeout},
 	} {
 		if d.value < 0 {
 			bad(d.variable, d.value.String(), "must not be negative")
@@ -533,6 +549,10 @@ func (c Config) problems(prefix string) []*ConfigError {
 	if c.MaxPoolSize >= 1 && c.MinIdleConns > c.MaxPoolSize {
 		bad(EnvMinIdleConns, strconv.Itoa(c.MinIdleConns),
 			fmt.Sprintf("must not exceed %s (%d)", EnvMaxPoolSize, c.MaxPoolSize))
+	}
+	if c.ConnectionTimeout > 0 && c.HostConnectTimeout > c.ConnectionTimeout {
+		bad(EnvHostConnectTimeout, c.HostConnectTimeout.String(),
+			fmt.Sprintf("must not exceed %s (%s), the whole connection attempt", EnvConnectionTimeout, c.ConnectionTimeout))
 	}
 	if c.QueryTimeout > 0 && c.QueryTimeout < time.Millisecond {
 		bad(EnvQueryTimeout, c.QueryTimeout.String(), "must be at least 1ms (statement_timeout counts milliseconds)")
@@ -586,17 +606,26 @@ func validateURL(variable, raw string) *ConfigError {
 	return nil
 }
 
+// hostConnectTimeout is HostConnectTimeout with 0 meaning
+// ConnectionTimeout.
+func (c Config) hostConnectTimeout() time.Duration {
+	if c.HostConnectTimeout > 0 {
+		return c.HostConnectTimeout
+	}
+	return c.ConnectionTimeout
+}
+
 // String returns the Config with the URL's password masked.
 func (c Config) String() string {
 	return fmt.Sprintf("{URL:%s MaxPoolSize:%d MinPoolSize:%d ConnectionTimeout:%s ConnectionTTL:%s QueryTimeout:%s HStore:%t JSON:%t UUID:%t"+
 		" LogQueries:%t LogQueryArgs:%t SlowQueryThreshold:%s QueryExecMode:%s ReadURL:%s"+
 		" PasswordFile:%s SSLMode:%s SSLRootCert:%s SSLCert:%s SSLKey:%s ApplicationName:%s SearchPath:%s"+
-		" MaxConnIdleTime:%s MinIdleConns:%d HealthCheckPeriod:%s AcquireTimeout:%s}",
+		" MaxConnIdleTime:%s MinIdleConns:%d HealthCheckPeriod:%s AcquireTimeout:%s HostConnectTimeout:%s}",
 		redact.ConnString(c.URL), c.MaxPoolSize, c.MinPoolSize, c.ConnectionTimeout,
 		c.ConnectionTTL, c.QueryTimeout, c.HStore, c.JSON, c.UUID,
 		c.LogQueries, c.LogQueryArgs, c.SlowQueryThreshold, c.QueryExecMode, redact.ConnString(c.ReadURL),
 		c.PasswordFile, c.SSLMode, c.SSLRootCert, c.SSLCert, c.SSLKey, c.ApplicationName, c.SearchPath,
-		c.MaxConnIdleTime, c.MinIdleConns, c.HealthCheckPeriod, c.AcquireTimeout)
+		c.MaxConnIdleTime, c.MinIdleConns, c.HealthCheckPeriod, c.AcquireTimeout, c.HostConnectTimeout)
 }
 
 // Format makes every fmt verb print the masked form: %#v as
@@ -637,6 +666,7 @@ func (c Config) MarshalLogObject(enc zapcore.ObjectEncoder) error {
 	enc.AddInt("min_idle_conns", c.MinIdleConns)
 	enc.AddDuration("health_check_period", c.HealthCheckPeriod)
 	enc.AddDuration("acquire_timeout", c.AcquireTimeout)
+	enc.AddDuration("host_connect_timeout", c.HostConnectTimeout)
 	return nil
 }
 

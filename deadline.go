@@ -2,6 +2,7 @@ package sprocketspg
 
 import (
 	"context"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -47,6 +48,11 @@ type responseDeadline struct {
 	// keeps the common case to an atomic load.
 	count     atomic.Int32
 	overrides sync.Map // *pgx.Conn -> time.Duration
+
+	// dropReadOnly is set for a pool that must write (the URL's
+	// target_session_attrs is read-write or primary): a connection whose
+	// server refuses a write as read-only is dropped.
+	dropReadOnly bool
 }
 
 // rearmSlack is how far past the limit a deadline may be set, so that it
@@ -63,6 +69,20 @@ type connDeadline struct {
 	// base; 0 when none is known to be set, so the next statement sets
 	// one.
 	until atomic.Int64
+	// busySince is when the connection last started waiting for an
+	// answer (a statement began, or a batch's statement answered), in
+	// nanoseconds since the base; 0 while no statement runs. The
+	// hostWatch reads it.
+	busySince atomic.Int64
+	// doomed is set when the connection's host stopped answering: the
+	// pool drops the connection instead of handing it out.
+	doomed atomic.Bool
+
+	// netConn, network and addr are the connection's socket and its
+	// remote address, for the hostWatch's probe and read deadline.
+	netConn net.Conn
+	network string
+	addr    string
 }
 
 func newResponseDeadline(cfg Config) *responseDeadline {
@@ -75,9 +95,21 @@ func newResponseDeadline(cfg Config) *responseDeadline {
 // clears it, leaves the connection without a known deadline: the next
 // statement sets one. It also gives the connection its connDeadline.
 func (d *responseDeadline) watchContext(conn *pgconn.PgConn, h ctxwatch.Handler) ctxwatch.Handler {
-	st := &connDeadline{}
+	st := &connDeadline{netConn: conn.Conn()}
+	if st.netConn != nil {
+		if ra := st.netConn.RemoteAddr(); ra != nil {
+			st.network, st.addr = ra.Network(), ra.String()
+		}
+	}
 	conn.CustomData()[connDeadlineKey] = st
 	return &forgetDeadlineOnCancel{Handler: h, deadline: st}
+}
+
+// stateOf returns conn's connDeadline, nil for a connection the pool did
+// not open.
+func stateOf(conn *pgx.Conn) *connDeadline {
+	st, _ := conn.PgConn().CustomData()[connDeadlineKey].(*connDeadline)
+	return st
 }
 
 // forgetDeadlineOnCancel is a ctxwatch.Handler that marks its connection's
@@ -112,8 +144,9 @@ func (d *responseDeadline) extend(conn *pgx.Conn, timeout time.Duration) func() 
 }
 
 // arm makes sure conn's read deadline is at least its limit away and at
-// most the slack more, setting it only when it is not.
-func (d *responseDeadline) arm(conn *pgx.Conn) {
+// most the slack more, setting it only when it is not. A busy arm also
+// marks the connection as waiting for an answer from now.
+func (d *responseDeadline) arm(conn *pgx.Conn, busy bool) {
 	pc := conn.PgConn()
 	limit := d.limit
 	if d.count.Load() > 0 {
@@ -125,6 +158,9 @@ func (d *responseDeadline) arm(conn *pgx.Conn) {
 	now := time.Since(d.base)
 	need := int64(now + limit)
 	if st != nil {
+		if busy {
+			st.busySince.Store(max(int64(now), 1))
+		}
 		// A longer limit that ended leaves a deadline too far away; it is
 		// brought back too.
 		if until := st.until.Load(); until >= need && until <= need+int64(d.slack) {
@@ -144,39 +180,65 @@ func (d *responseDeadline) arm(conn *pgx.Conn) {
 
 // TraceQueryStart arms the deadline for a statement.
 func (d *responseDeadline) TraceQueryStart(ctx context.Context, conn *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
-	d.arm(conn)
+	d.arm(conn, true)
 	return ctx
 }
 
-// TraceQueryEnd leaves the deadline for the next statement.
-func (d *responseDeadline) TraceQueryEnd(context.Context, *pgx.Conn, pgx.TraceQueryEndData) {}
+// TraceQueryEnd leaves the deadline for the next statement, and marks
+// the connection as no longer waiting.
+func (d *responseDeadline) TraceQueryEnd(_ context.Context, conn *pgx.Conn, data pgx.TraceQueryEndData) {
+	d.idle(conn)
+	if data.Err != nil && d.dropReadOnly && hasCode(data.Err, codeReadOnlyTransaction) {
+		// A pool that must write was refused a write: the server behind
+		// the connection is a standby now, or was made read-only. A
+		// primary that becomes a standby restarts, closing its
+		// connections, but a proxy such as PgBouncer keeps the client's
+		// side open and reconnects it to the demoted server, and forwards
+		// no in_hot_standby. The connection is not handed out again; a
+		// new one finds the server that takes writes.
+		if st := stateOf(conn); st != nil {
+			st.doomed.Store(true)
+		}
+	}
+}
+
+// idle marks conn as waiting for no answer.
+func (d *responseDeadline) idle(conn *pgx.Conn) {
+	if st := stateOf(conn); st != nil {
+		st.busySince.Store(0)
+	}
+}
 
 // TraceBatchStart arms the deadline for a batch.
 func (d *responseDeadline) TraceBatchStart(ctx context.Context, conn *pgx.Conn, _ pgx.TraceBatchStartData) context.Context {
-	d.arm(conn)
+	d.arm(conn, true)
 	return ctx
 }
 
 // TraceBatchQuery re-arms it, when needed, as each statement of the batch
 // answers.
 func (d *responseDeadline) TraceBatchQuery(_ context.Context, conn *pgx.Conn, _ pgx.TraceBatchQueryData) {
-	d.arm(conn)
+	d.arm(conn, true)
 }
 
 // TraceBatchEnd leaves the deadline for the next statement.
-func (d *responseDeadline) TraceBatchEnd(context.Context, *pgx.Conn, pgx.TraceBatchEndData) {}
+func (d *responseDeadline) TraceBatchEnd(_ context.Context, conn *pgx.Conn, _ pgx.TraceBatchEndData) {
+	d.idle(conn)
+}
 
 // There is no TracePrepareStart: pgx prepares statements inside Query,
 // whose start has armed the deadline.
 
 // TraceCopyFromStart arms the deadline for a COPY.
 func (d *responseDeadline) TraceCopyFromStart(ctx context.Context, conn *pgx.Conn, _ pgx.TraceCopyFromStartData) context.Context {
-	d.arm(conn)
+	d.arm(conn, true)
 	return ctx
 }
 
 // TraceCopyFromEnd leaves the deadline for the next statement.
-func (d *responseDeadline) TraceCopyFromEnd(context.Context, *pgx.Conn, pgx.TraceCopyFromEndData) {}
+func (d *responseDeadline) TraceCopyFromEnd(_ context.Context, conn *pgx.Conn, _ pgx.TraceCopyFromEndData) {
+	d.idle(conn)
+}
 
 // ClearResponseDeadline clears the read deadline that the pool keeps on
 // conn between statements (see Config.QueryTimeout), for a caller that

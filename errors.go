@@ -45,6 +45,7 @@ const (
 	codeCrashShutdown        = "57P02"
 	codeCannotConnectNow     = "57P03"
 	codeTooManyConnections   = "53300"
+	codeReadOnlyTransaction  = "25006"
 	classConnectionException = "08"
 
 	codeInvalidPassword       = "28P01"
@@ -70,7 +71,7 @@ func IsForeignKeyViolation(err error) bool { return hasCode(err, codeForeignKeyV
 // client went away) is not a timeout, whether it struck while the query
 // waited for a connection or while it ran.
 func IsQueryTimeout(err error) bool {
-	if err == nil || errors.Is(err, context.Canceled) {
+	if err == nil || errors.Is(err, context.Canceled) || errors.Is(err, ErrServerNotResponding) {
 		return false
 	}
 	return hasCode(err, codeQueryCanceled) ||
@@ -89,7 +90,8 @@ func IsConnectionError(err error) bool {
 	if err == nil {
 		return false
 	}
-	if errors.Is(err, ErrNotConnected) || errors.Is(err, ErrConnectTimeout) || errors.Is(err, puddle.ErrClosedPool) {
+	if errors.Is(err, ErrNotConnected) || errors.Is(err, ErrConnectTimeout) || errors.Is(err, puddle.ErrClosedPool) ||
+		errors.Is(err, ErrServerNotResponding) {
 		return true
 	}
 	var connectErr *pgconn.ConnectError
@@ -136,7 +138,19 @@ func callError(ctx context.Context, err error) error {
 	if errors.Is(err, puddle.ErrClosedPool) && !errors.Is(err, ErrNotConnected) {
 		err = fmt.Errorf("%w: %w", ErrNotConnected, err)
 	}
+	if ctx.Err() == nil && isReadTimeout(err) && !errors.Is(err, ErrServerNotResponding) {
+		// Not the caller's deadline: the response deadline's, or the
+		// host watch's for a host that did not answer its probe.
+		err = fmt.Errorf("%w: %w", ErrServerNotResponding, err)
+	}
 	return ctxerr.Wrap(ctx, err)
+}
+
+// isReadTimeout reports whether err is a read from the server's socket
+// that passed its deadline.
+func isReadTimeout(err error) bool {
+	var opErr *net.OpError
+	return errors.As(err, &opErr) && opErr.Op == "read" && opErr.Timeout()
 }
 
 // rejection returns the server's error when err is a refusal that

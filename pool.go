@@ -70,6 +70,8 @@ type Pool struct {
 
 	// deadline bounds each statement's wait for the server's answer.
 	deadline *responseDeadline
+	// hostWatch notices a host that stops answering.
+	hostWatch *hostWatch
 
 	// replica is the read pool of Config.ReadURL; nil without one.
 	replica *replica
@@ -168,16 +170,30 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 	// lookup and no hook of the user's; credentials and TLS come after the
 	// SRV lookup, which sets the hosts they apply to.
 	deadline := newResponseDeadline(cfg)
+	deadline.dropReadOnly = requiresPrimary(cfg.URL)
+	watch := newHostWatch(cfg, deadline.base, o.logger, func(ctx context.Context, network, addr string) (net.Conn, error) {
+		// The pool's own dialer, whatever WithPoolConfig made it.
+		return pc.ConnConfig.DialFunc(ctx, network, addr)
+	})
 	idle := &idleChecks{}
 	own := poolHooks{
 		beforeConnect: []func(context.Context, *pgx.ConnConfig) error{refuseInitialFill},
-		afterConnect:  []func(context.Context, *pgx.Conn) error{pc.AfterConnect, idle.afterConnect},
-		beforeClose:   idle.beforeClose,
+		afterConnect:  []func(context.Context, *pgx.Conn) error{pc.AfterConnect, idle.afterConnect, watch.afterConnect},
+		beforeClose: func(conn *pgx.Conn) {
+			idle.beforeClose(conn)
+			watch.beforeClose(conn)
+		},
 		shouldPing: func(ctx context.Context, params pgxpool.ShouldPingParams) bool {
+			if watch.shouldDrop(params.Conn) {
+				// A closed socket fails pgxpool's ping at once, and pgxpool
+				// then destroys the connection and takes another.
+				_ = params.Conn.PgConn().Conn().Close()
+				return true
+			}
 			// A connection leaving the pool after some idle time gets a
 			// deadline that has not passed, before pgxpool may ping it.
 			if params.IdleDuration >= minPeekIdle {
-				deadline.arm(params.Conn)
+				deadline.arm(params.Conn, false)
 			}
 			return idle.shouldPing(ctx, params)
 		},
@@ -202,7 +218,11 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 			own.tracers = append(own.tracers, t)
 		}
 	}
+	// Last, so that the hosts it orders are those SRV, credentials and the
+	// user's hooks left.
+	own.beforeConnect = append(own.beforeConnect, watch.orderHosts)
 	installHooks(pc, own, o.poolConfigs)
+	installHostWatch(pc, watch)
 	targetFor := func(user string) string {
 		if hosts != nil {
 			return "SRV " + hosts.name + " " + describeOwner(o.name, pc.ConnConfig.Database, user)
@@ -220,6 +240,7 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 		creds:      creds,
 		password:   pc.ConnConfig.Password,
 		deadline:   deadline,
+		hostWatch:  watch,
 		opts:       o,
 		extensions: o.extensions,
 	}
@@ -319,10 +340,14 @@ func applyConfig(pc *pgxpool.Config, cfg Config) {
 		// check; keep its period within the TTL.
 		pc.HealthCheckPeriod = cfg.ConnectionTTL
 	}
-	pc.ConnConfig.ConnectTimeout = cfg.ConnectionTimeout
+	// pgx counts connect_timeout per host: a frozen first host of a
+	// multi-host URL costs this much before the next is tried, and the
+	// whole attempt is bounded by ConnectionTimeout (Pool.start, and the
+	// caller's context for the pool's later connections).
+	pc.ConnConfig.ConnectTimeout = cfg.hostConnectTimeout()
 	// pgxpool pings a connection that was idle for a while before handing
 	// it out; against a vanished server that ping must not wait for ever.
-	pc.PingTimeout = cfg.ConnectionTimeout
+	pc.PingTimeout = cfg.hostConnectTimeout()
 	if mode := queryExecModes[cfg.QueryExecMode]; mode != 0 {
 		pc.ConnConfig.DefaultQueryExecMode = mode
 	}
@@ -345,7 +370,7 @@ func applyConfig(pc *pgxpool.Config, cfg Config) {
 	// query instead of closing the connection: the server stops working
 	// and the connection stays usable. The deadline is the backstop for a
 	// server that does not answer the cancel request.
-	deadlineDelay := cfg.ConnectionTimeout
+	deadlineDelay := cfg.hostConnectTimeout()
 	pc.ConnConfig.BuildContextWatcherHandler = func(conn *pgconn.PgConn) ctxwatch.Handler {
 		return &pgconn.CancelRequestContextWatcherHandler{Conn: conn, DeadlineDelay: deadlineDelay}
 	}
@@ -412,7 +437,7 @@ func hostPort(host string, port uint16) string {
 // start connects the pool: it builds the pgxpool, pings the server with
 // backoff until the connection timeout or ctx ends, opens MinPoolSize
 // connections and marks the pool connected.
-func (p *Pool) start(ctx context.Context) error {
+func (p *Pool) start(ctx context.Context) (err error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.started {
@@ -422,6 +447,12 @@ func (p *Pool) start(ctx context.Context) error {
 		return errors.New("start postgres pool: it was shut down; a Pool cannot be restarted")
 	}
 	p.started = true
+	defer func() {
+		if err != nil {
+			// The connections start opened are closed; so is their watch.
+			p.hostWatch.close()
+		}
+	}()
 	p.sealExtensions()
 	began := time.Now()
 	parent := ctx
@@ -629,6 +660,8 @@ func (p *Pool) closePool(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
 		pool.Close()
+		// Every connection is closed: the host watch has nothing left.
+		p.hostWatch.close()
 		// Even when ctx ends first, the observers' goroutine ends once
 		// the pool has closed.
 		if dispatch != nil {
