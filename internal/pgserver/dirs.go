@@ -155,7 +155,8 @@ func traversable(dir string, u runUser) error {
 }
 
 // removeStale removes the entries of base named prefix<pid>-... whose
-// process no longer runs; they are left by processes killed before they
+// process no longer runs, after killing any process that still names one
+// on its command line; they are left by processes killed before they
 // could clean up.
 func removeStale(base, prefix string, logf func(string, ...any)) {
 	entries, err := os.ReadDir(base)
@@ -168,6 +169,12 @@ func removeStale(base, prefix string, logf func(string, ...any)) {
 			continue
 		}
 		p := filepath.Join(base, e.Name())
+		// A Patroni cluster's postmasters run as daemons that outlive
+		// their owner when its reaper could not kill them; they must not
+		// keep running on files that are gone.
+		if err := killMentioning(e.Name()); err != nil {
+			logf("pgserver: stop processes of stale %s: %v", p, err)
+		}
 		if err := os.RemoveAll(p); err != nil {
 			logf("pgserver: remove stale %s: %v", p, err)
 		}
