@@ -28,7 +28,9 @@
 // a server certificate and a client certificate made in the test, and
 // pg_hba.conf asking every role but the superuser for a client
 // certificate over TLS, for tests of sslmode, certificate checks and
-// certificate rotation.
+// certificate rotation. StartPatroniCluster starts etcd and a Patroni
+// cluster of several nodes, with operations that kill, freeze, restart
+// and switch over a node, for tests of failover under an HA manager.
 //
 // A test binary may call Shutdown from TestMain after m.Run to stop the
 // server and remove its files at once, before checking for leaked

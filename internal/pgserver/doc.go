@@ -22,7 +22,9 @@
 // pg_basebackup and streaming from it, and Server.Promote makes a standby
 // a primary. StartPgBouncer runs PgBouncer in front of a server. Both run
 // like a local server: as nobody when the caller is root, dying with the
-// caller, in run directories of their own.
+// caller, in run directories of their own. StartPatroniCluster runs etcd
+// and Patroni nodes the same way; Patroni's PostgreSQL, which Patroni
+// starts detached, is stopped by a reaper process when the caller dies.
 //
 // WithTLS turns TLS on in a local server, and NewCA makes a CA that issues
 // the server and client certificates a test needs, in Go.
