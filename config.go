@@ -151,7 +151,9 @@ type Config struct {
 	// ConnectionTimeout is the whole attempt: each host of a multi-host
 	// URL gets this long to accept a new connection before the next is
 	// tried (pgx's connect_timeout, which counts per host), pgxpool's
-	// ping of an idle connection gets this long, and a statement that
+	// ping of an idle connection gets this long, a call whose context
+	// ended waits this long for the server to act on its cancel request
+	// before the connection is closed, and a statement that
 	// has waited this long for its answer makes the pool ask the host
 	// whether it still answers at all (a probe that needs no login); a
 	// host that does not answer the probe within it is taken for frozen

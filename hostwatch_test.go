@@ -3,6 +3,7 @@ package sprocketspg_test
 import (
 	"context"
 	"errors"
+	"net"
 	"net/http"
 	"testing"
 	"time"
@@ -101,34 +102,44 @@ func TestHostWatchLeavesSlowStatementsAlone(t *testing.T) {
 
 // With a frozen host first in a multi-host URL, the first connection
 // waits HostConnectTimeout on it before trying the next; the following
-// ones try the host that answered first and do not wait.
+// ones try the host that answered first and do not wait. A URL of host
+// names is ranked by the addresses the names resolved to.
 func TestHostWatchTriesTheHostThatAnsweredFirst(t *testing.T) {
-	const hostTimeout = time.Second
-	dbURL := fxtest_helpers.NewDatabase(t)
-	frozen := newFreezeProxy(t, hostPortOf(t, dbURL))
-	frozen.Freeze()
-	multi := withHost(t, dbURL, frozen.Addr()+","+hostPortOf(t, dbURL))
-	began := time.Now()
-	pool := newPoolAt(t, multi, func(c *sprocketspg.Config) {
-		c.HostConnectTimeout = hostTimeout
-		c.ConnectionTimeout = 5 * time.Second
-		c.MinPoolSize, c.MaxPoolSize = 1, 4
-	})
-	started := time.Since(began)
-	t.Logf("start took %v", started.Round(time.Millisecond))
-	assert.GreaterOrEqual(t, started, hostTimeout, "the first connection waited on the frozen host")
+	for _, name := range []string{"127.0.0.1", "localhost"} {
+		t.Run(name, func(t *testing.T) {
+			const hostTimeout = time.Second
+			dbURL := fxtest_helpers.NewDatabase(t)
+			frozen := newFreezeProxy(t, hostPortOf(t, dbURL))
+			frozen.Freeze()
+			named := func(hostPort string) string {
+				_, port, err := net.SplitHostPort(hostPort)
+				require.NoError(t, err)
+				return net.JoinHostPort(name, port)
+			}
+			multi := withHost(t, dbURL, named(frozen.Addr())+","+named(hostPortOf(t, dbURL)))
+			began := time.Now()
+			pool := newPoolAt(t, multi, func(c *sprocketspg.Config) {
+				c.HostConnectTimeout = hostTimeout
+				c.ConnectionTimeout = 5 * time.Second
+				c.MinPoolSize, c.MaxPoolSize = 1, 4
+			})
+			started := time.Since(began)
+			t.Logf("start took %v", started.Round(time.Millisecond))
+			assert.GreaterOrEqual(t, started, hostTimeout, "the first connection waited on the frozen host")
 
-	accepted := frozen.Accepted()
-	for i := range 3 {
-		pool.Reset() // the next statement opens a new connection
-		began := time.Now()
-		_, err := pool.Execute(ctxT(t), "SELECT 1")
-		require.NoError(t, err)
-		elapsed := time.Since(began)
-		t.Logf("connection %d took %v", i+2, elapsed.Round(time.Millisecond))
-		assert.Less(t, elapsed, hostTimeout/2, "the host that answered is tried first")
+			accepted := frozen.Accepted()
+			for i := range 3 {
+				pool.Reset() // the next statement opens a new connection
+				began := time.Now()
+				_, err := pool.Execute(ctxT(t), "SELECT 1")
+				require.NoError(t, err)
+				elapsed := time.Since(began)
+				t.Logf("connection %d took %v", i+2, elapsed.Round(time.Millisecond))
+				assert.Less(t, elapsed, hostTimeout/2, "the host that answered is tried first")
+			}
+			assert.Equal(t, accepted, frozen.Accepted(), "the frozen host was not tried again")
+		})
 	}
-	assert.Equal(t, accepted, frozen.Accepted(), "the frozen host was not tried again")
 }
 
 // A pool that must write (target_session_attrs=read-write) drops a
