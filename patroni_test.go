@@ -211,12 +211,37 @@ func TestPatroni(t *testing.T) {
 
 }
 
+// loops runs goroutines that each repeat their work until stop, which
+// the test's cleanup also calls.
+type loops struct {
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+// start runs n goroutines of fn(i, ctx); fn returns when ctx ends.
+func (l *loops) start(t *testing.T, n int, fn func(i int, ctx context.Context)) {
+	ctx, cancel := context.WithCancel(context.Background())
+	l.cancel = cancel
+	for i := range n {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			fn(i, ctx)
+		}()
+	}
+	t.Cleanup(l.stop)
+}
+
+// stop ends the goroutines and waits for them.
+func (l *loops) stop() {
+	l.cancel()
+	l.wg.Wait()
+}
+
 // haWrites is the record of writers that insert rows through a pool, each
 // row numbered by its writer, until stopped.
 type haWrites struct {
-	pool   *sprocketspg.Pool
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	loops
 
 	mu       sync.Mutex
 	acked    []haAck
@@ -240,39 +265,28 @@ func startWrites(t *testing.T, pool *sprocketspg.Pool) *haWrites {
 	// Each test's writers number their rows from 1 again.
 	_, err := pool.Execute(ctxT(t), "TRUNCATE writes")
 	require.NoError(t, err)
-	ctx, cancel := context.WithCancel(context.Background())
-	w := &haWrites{pool: pool, cancel: cancel}
-	for writer := range haWriters {
-		w.wg.Add(1)
-		go func() {
-			defer w.wg.Done()
-			for n := 1; ctx.Err() == nil; n++ {
-				began := time.Now()
-				// No deadline of the test's own: how long a write can
-				// hang is what the module must bound.
-				res, err := pool.Execute(context.WithoutCancel(ctx),
-					"INSERT INTO writes (writer, n) VALUES ($1, $2) RETURNING inet_server_port() AS port", writer, n)
-				now := time.Now()
-				w.mu.Lock()
-				if err == nil {
-					w.acked = append(w.acked, haAck{writer: writer, n: n, port: res.Row["port"].(int32), began: began, at: now})
-				} else {
-					w.failures = append(w.failures, haFailure{began: began, ended: now, err: err})
-				}
-				w.mu.Unlock()
-				if err != nil {
-					time.Sleep(5 * time.Millisecond)
-				}
+	w := &haWrites{}
+	w.start(t, haWriters, func(writer int, ctx context.Context) {
+		for n := 1; ctx.Err() == nil; n++ {
+			began := time.Now()
+			// No deadline of the test's own: how long a write can
+			// hang is what the module must bound.
+			res, err := pool.Execute(context.WithoutCancel(ctx),
+				"INSERT INTO writes (writer, n) VALUES ($1, $2) RETURNING inet_server_port() AS port", writer, n)
+			now := time.Now()
+			w.mu.Lock()
+			if err == nil {
+				w.acked = append(w.acked, haAck{writer: writer, n: n, port: res.Row["port"].(int32), began: began, at: now})
+			} else {
+				w.failures = append(w.failures, haFailure{began: began, ended: now, err: err})
 			}
-		}()
-	}
-	t.Cleanup(w.stop)
+			w.mu.Unlock()
+			if err != nil {
+				time.Sleep(5 * time.Millisecond)
+			}
+		}
+	})
 	return w
-}
-
-func (w *haWrites) stop() {
-	w.cancel()
-	w.wg.Wait()
 }
 
 // waitFirstOn waits for the first write acknowledged after since by the
@@ -441,8 +455,7 @@ func (w *haWrites) assertNoneLost(t *testing.T, pool *sprocketspg.Pool) {
 
 // haReads is the record of readers that read through pool.Reader().
 type haReads struct {
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	loops
 
 	mu    sync.Mutex
 	reads []haRead
@@ -456,32 +469,21 @@ type haRead struct {
 
 func startReads(t *testing.T, pool *sprocketspg.Pool) *haReads {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &haReads{cancel: cancel}
-	for range 4 {
-		r.wg.Add(1)
-		go func() {
-			defer r.wg.Done()
-			for ctx.Err() == nil {
-				res, err := pool.Reader().Execute(context.WithoutCancel(ctx), "SELECT pg_is_in_recovery() AS standby")
-				read := haRead{at: time.Now(), err: err}
-				if err == nil {
-					read.standby = res.Row["standby"].(bool)
-				}
-				r.mu.Lock()
-				r.reads = append(r.reads, read)
-				r.mu.Unlock()
-				time.Sleep(5 * time.Millisecond)
+	r := &haReads{}
+	r.start(t, 4, func(_ int, ctx context.Context) {
+		for ctx.Err() == nil {
+			res, err := pool.Reader().Execute(context.WithoutCancel(ctx), "SELECT pg_is_in_recovery() AS standby")
+			read := haRead{at: time.Now(), err: err}
+			if err == nil {
+				read.standby = res.Row["standby"].(bool)
 			}
-		}()
-	}
-	t.Cleanup(r.stop)
+			r.mu.Lock()
+			r.reads = append(r.reads, read)
+			r.mu.Unlock()
+			time.Sleep(5 * time.Millisecond)
+		}
+	})
 	return r
-}
-
-func (r *haReads) stop() {
-	r.cancel()
-	r.wg.Wait()
 }
 
 // since counts the reads after from and the longest time between two
@@ -513,8 +515,7 @@ func (r *haReads) since(from time.Time) (fromStandby, fromPrimary, failed int, g
 
 // readyzWatch polls the pool's /readyz every 20 ms.
 type readyzWatch struct {
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	loops
 
 	mu      sync.Mutex
 	answers []readyzAnswer
@@ -529,11 +530,8 @@ func watchReadyz(t *testing.T, pool *sprocketspg.Pool) *readyzWatch {
 	t.Helper()
 	srv := httptest.NewServer(sprocketspg.NewChecker(pool).ReadinessHandler())
 	t.Cleanup(srv.Close)
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &readyzWatch{cancel: cancel}
-	r.wg.Add(1)
-	go func() {
-		defer r.wg.Done()
+	r := &readyzWatch{}
+	r.start(t, 1, func(_ int, ctx context.Context) {
 		for ctx.Err() == nil {
 			code := 0
 			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
@@ -546,14 +544,8 @@ func watchReadyz(t *testing.T, pool *sprocketspg.Pool) *readyzWatch {
 			r.mu.Unlock()
 			time.Sleep(20 * time.Millisecond)
 		}
-	}()
-	t.Cleanup(r.stop)
+	})
 	return r
-}
-
-func (r *readyzWatch) stop() {
-	r.cancel()
-	r.wg.Wait()
 }
 
 // sawUnavailable reports whether /readyz answered 503 after from.
