@@ -218,8 +218,9 @@ func newPool(cfg Config, opts ...Option) (*Pool, error) {
 			own.tracers = append(own.tracers, t)
 		}
 	}
-	// Last, so that the hosts it orders are those SRV, credentials and the
-	// user's hooks left.
+	// After SRV, credentials and TLS, so that it orders the hosts they
+	// set; a BeforeConnect of the user's runs after it, as every one does
+	// (installHooks), and sees the hosts in that order.
 	own.beforeConnect = append(own.beforeConnect, watch.orderHosts)
 	installHooks(pc, own, o.poolConfigs)
 	installHostWatch(pc, watch)
